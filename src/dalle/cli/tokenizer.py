@@ -1,0 +1,111 @@
+"""``dalle tokenizer train | encode``: learn the caption BPE and inspect how it splits text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dalle.cli.common import non_negative_int, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokenizer",
+        help="train or try the caption tokenizer",
+        description="Train the byte-level BPE caption tokenizer, or show how it encodes text.",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
+
+    t = actions.add_parser(
+        "train",
+        help="learn a BPE vocabulary from captions",
+        description="Learn a byte-level BPE vocabulary from captions (normalised: NFKC, "
+        "lower case, single spaces) and write it as one JSON file. Any text still encodes "
+        "afterwards: characters never seen in training fall back to byte tokens.",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        metavar="shapes|DIR",
+        help="'shapes' for captions of the built-in dataset's train split, or a folder "
+        "whose .txt files (searched recursively) hold one caption per line "
+        "(write ./shapes for a folder of that name)",
+    )
+    t.add_argument(
+        "--vocab-size",
+        type=positive_int,
+        default=1024,
+        help="largest vocabulary, [PAD] and the 256 byte tokens included (>= 257; small "
+        "corpora may stop short of it) (default: %(default)s)",
+    )
+    t.add_argument("--out", type=Path, required=True, help="tokenizer JSON file to write")
+    t.add_argument(
+        "--num",
+        type=positive_int,
+        default=20_000,
+        help="number of shapes samples to read, with --data shapes (default: %(default)s)",
+    )
+    t.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="shapes dataset seed, with --data shapes (default: %(default)s)",
+    )
+    t.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    t.set_defaults(func=run_train)
+
+    e = actions.add_parser(
+        "encode",
+        help="print the token ids of captions",
+        description="Print, for each TEXT, its token ids (padding left out) and the tokens.",
+    )
+    e.add_argument("--tokenizer", type=Path, required=True, help="tokenizer JSON file")
+    e.add_argument(
+        "--text-len",
+        type=positive_int,
+        default=None,
+        help="truncate to this many tokens, as training does (default: no limit)",
+    )
+    e.add_argument("texts", nargs="+", metavar="TEXT", help="caption(s) to encode")
+    e.set_defaults(func=run_encode)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dalle.tokenizer import MIN_VOCAB_SIZE, Tokenizer, read_captions
+
+    if args.vocab_size < MIN_VOCAB_SIZE:  # checked before minutes of caption reading
+        raise ValueError(f"--vocab-size must be >= {MIN_VOCAB_SIZE}, got {args.vocab_size}")
+    if args.out.exists() and not args.force:
+        raise ValueError(f"{args.out} already exists; pass --force to overwrite it")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; expected a .json file path")
+    if args.data == "shapes":
+        from dalle.data.shapes import make_sample
+
+        captions = [make_sample(args.seed, "train", i).caption for i in range(args.num)]
+        source = f"{args.num} shapes train captions (seed {args.seed})"
+    else:
+        captions = read_captions(Path(args.data))
+        source = f"{len(captions)} captions from {args.data}"
+    tokenizer = Tokenizer.train(captions, args.vocab_size)
+    tokenizer.save(args.out)
+    lengths = [len(tokenizer.tokenize(c)) for c in captions]
+    print(
+        f"wrote {args.out}: vocab_size {tokenizer.vocab_size} from {source}; "
+        f"caption length in tokens: max {max(lengths)}, mean {sum(lengths) / len(lengths):.1f}"
+    )
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from dalle.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(args.tokenizer)
+    for text in args.texts:
+        ids = tokenizer.tokenize(text)
+        if args.text_len is not None:
+            row, length = tokenizer.encode(text, args.text_len)
+            ids = row[:length].tolist()
+        pieces = [tokenizer.decode([i]) for i in ids]
+        print(f"{len(ids)} tokens: {' '.join(map(str, ids))}  {pieces}")
+    return 0

@@ -1,0 +1,150 @@
+"""Typed configs, one dataclass per component, validated on construction, with named presets.
+
+A config is the whole architecture: a saved model folder stores it as ``config.json`` and the
+weights are loaded against it with strict key checking, never inferred from tensor shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Discrete VAE (Ramesh et al. 2021, Sec. 2.1 and App. A).
+
+    ``downsample`` = 2 ** (groups - 1): the encoder max-pools between groups, so a 256 px image
+    with ``downsample=8`` (4 groups) becomes a 32 x 32 grid of codes.
+    """
+
+    image_size: int = 64
+    channels: int = 3
+    downsample: int = 4
+    vocab_size: int = 512  # codebook size K
+    n_hid: int = 32  # width of the first group; group g has n_hid * 2**g channels
+    n_blk_per_group: int = 1
+    n_init: int = 128  # decoder input width = codebook embedding size
+
+    def __post_init__(self) -> None:
+        _require(
+            self.downsample in (2, 4, 8, 16),
+            f"downsample must be 2, 4, 8 or 16, got {self.downsample}",
+        )
+        _require(
+            self.image_size > 0 and self.image_size % self.downsample == 0,
+            f"image_size must be a positive multiple of downsample={self.downsample}, got {self.image_size}",
+        )
+        _require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
+        _require(
+            self.n_hid >= 4 and self.n_hid % 4 == 0,
+            f"n_hid must be a multiple of 4, got {self.n_hid}",
+        )
+        _require(
+            self.n_blk_per_group >= 1, f"n_blk_per_group must be >= 1, got {self.n_blk_per_group}"
+        )
+        _require(self.n_init >= 1, f"n_init must be >= 1, got {self.n_init}")
+
+    @property
+    def group_count(self) -> int:
+        return int(math.log2(self.downsample)) + 1
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the code grid: ``image_size // downsample``."""
+        return self.image_size // self.downsample
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    # 64x64 shapes -> 16x16 codes; small enough to train in minutes on 2 CPU cores.
+    "tiny": VAEConfig(),
+    # OpenAI's released dVAE: 256 px, 4 groups of 2 blocks, n_hid 256, 8192 codes -> 32x32.
+    "paper": VAEConfig(
+        image_size=256, downsample=8, vocab_size=8192, n_hid=256, n_blk_per_group=2, n_init=128
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Objective and optimisation of the dVAE (paper App. A.2, scaled down)."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    tau_start: float = 1.0
+    tau_end: float = 1.0 / 16
+    kl_weight: float = 6.6  # beta target, reached by a cosine warm-up
+    kl_warmup_steps: int = 500
+    recon: str = "logit_laplace"  # or "mse"
+    straight_through: bool = False  # hard one-hot forward, soft gradients
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(0 < self.tau_end <= self.tau_start, "need 0 < tau_end <= tau_start")
+        _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        _require(
+            self.recon in ("logit_laplace", "mse"),
+            f"recon must be 'logit_laplace' or 'mse', got {self.recon!r}",
+        )
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from a saved dict, rejecting unknown and missing fields with a clear error."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}")
+    missing = sorted(names - set(data))  # a saved config states every field
+    if missing:
+        raise ValueError(f"{source}: missing field(s) {missing} for {cls.__name__}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def load_config(cls: type[C], path: Path) -> C:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"missing config file {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(cls, data, source=str(path))
+
+
+def preset(presets: dict[str, C], name: str, kind: str) -> C:
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(presets)}")
+    return presets[name]

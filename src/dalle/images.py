@@ -1,0 +1,62 @@
+"""Image conversion and I/O helpers: PIL <-> tensors in [0, 1], PNG bytes, contact sheets."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Refuse decompression bombs early with a clear error instead of Pillow's warning.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor ``(3, H, W)`` in [0, 1] (converted to RGB)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor ``(3, H, W)`` in [0, 1] -> PIL RGB image (clamped, rounded)."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected an image tensor (3, H, W), got shape {tuple(tensor.shape)}")
+    array = (tensor.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open an image file fully as RGB, or raise ``ValueError`` naming the file."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{path}: image of {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS} limit"
+                )
+            im.load()
+            return im.convert("RGB")
+    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def contact_sheet(images: list[Image.Image], columns: int = 8, pad: int = 2) -> Image.Image:
+    """Tile equally sized images in a grid with a grey gutter, row by row."""
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    cols = min(columns, len(images))
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (64, 64, 64))
+    for k, im in enumerate(images):
+        r, c = divmod(k, columns)
+        sheet.paste(im, (pad + c * (w + pad), pad + r * (h + pad)))
+    return sheet

@@ -1,0 +1,66 @@
+"""A saved component is a folder: ``config.json`` + ``model.safetensors``.
+
+Weights go through safetensors only (no pickle, so loading never runs code) and load with
+strict key and shape checks against the architecture the config describes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from dalle.config import load_config, to_dict
+from dalle.io import write_bytes_atomic, write_json_atomic
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def save_component(directory: Path, model: torch.nn.Module, config: object) -> None:
+    """Write ``config.json`` and ``model.safetensors`` atomically into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+    write_json_atomic(directory / CONFIG_FILE, to_dict(config))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``model``; any missing, extra or mis-shaped tensor is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"missing weights file {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{path}: weights do not match the config: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(t.shape)}, config expects {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(tensors, strict=True)
+
+
+def load_component(directory: Path, config_cls: type, build: type[M]) -> M:
+    """Read ``directory/config.json`` as ``config_cls``, build the module, load its weights."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"model folder {directory} does not exist")
+    config = load_config(config_cls, directory / CONFIG_FILE)
+    model = build(config)
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model.eval()

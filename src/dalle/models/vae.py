@@ -1,0 +1,233 @@
+"""The discrete VAE of DALL-E (Ramesh et al. 2021, Sec. 2.1, App. A.1).
+
+Encoder: a 7x7 input conv, ``group_count`` groups of bottleneck residual blocks with
+max-pooling between groups, and a 1x1 conv to the logits over the ``K`` codes. Decoder: a 1x1
+conv out of the codebook (its weight *is* the codebook of K embeddings), mirrored groups with
+nearest-neighbour upsampling, and a 1x1 conv to the parameters of a logit-Laplace
+distribution per sub-pixel. Each residual branch is scaled by ``1 / n_layers**2``.
+
+Layer names follow OpenAI's release (``blocks.group_1.block_2.res_path.conv_3.w``) so that
+its weights import one to one (see ``dalle.models.openai_dvae``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.config import VAEConfig
+from dalle.models.folder import load_component, save_component
+
+LOGIT_LAPLACE_EPS = 0.1
+
+
+def map_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
+    """Pixels in [0, 1] -> [eps, 1 - eps], the support the logit-Laplace loss needs."""
+    return (1 - 2 * eps) * x + eps
+
+
+def unmap_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
+    """Inverse of :func:`map_pixels`, clamped to [0, 1]."""
+    return ((x - eps) / (1 - 2 * eps)).clamp(0, 1)
+
+
+class Conv2d(nn.Module):
+    """A 'same'-padded convolution with parameters ``w`` (out, in, k, k) and ``b`` (out,)."""
+
+    def __init__(self, n_in: int, n_out: int, kw: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_out, n_in, kw, kw) / math.sqrt(n_in * kw**2))
+        self.b = nn.Parameter(torch.zeros(n_out))
+        self.padding = (kw - 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.w, self.b, padding=self.padding)
+
+
+class ResBlock(nn.Module):
+    """``id_path(x) + post_gain * res_path(x)``; the residual path is a 4-conv bottleneck.
+
+    Encoder blocks use kernels (3, 3, 3, 1), decoder blocks (1, 3, 3, 3), as in the paper.
+    """
+
+    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, int, int, int]):
+        super().__init__()
+        n_hid = n_out // 4
+        self.post_gain = 1.0 / n_layers**2
+        self.id_path: nn.Module = Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        widths = (n_in, n_hid, n_hid, n_hid, n_out)
+        layers: list[tuple[str, nn.Module]] = []
+        for i, k in enumerate(kernels):
+            layers += [
+                (f"relu_{i + 1}", nn.ReLU()),
+                (f"conv_{i + 1}", Conv2d(widths[i], widths[i + 1], k)),
+            ]
+        self.res_path = nn.Sequential(OrderedDict(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+def _group(blocks: list[ResBlock], resample: tuple[str, nn.Module] | None) -> nn.Sequential:
+    items: list[tuple[str, nn.Module]] = [(f"block_{i + 1}", b) for i, b in enumerate(blocks)]
+    if resample is not None:
+        items.append(resample)
+    return nn.Sequential(OrderedDict(items))
+
+
+class Encoder(nn.Module):
+    """``(B, C, H, W)`` mapped pixels -> ``(B, K, H/f, W/f)`` logits over the codebook."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        n_layers = cfg.group_count * cfg.n_blk_per_group
+        widths = [cfg.n_hid * 2**g for g in range(cfg.group_count)]
+        items: list[tuple[str, nn.Module]] = [("input", Conv2d(cfg.channels, widths[0], 7))]
+        n_in = widths[0]
+        for g, width in enumerate(widths):
+            blocks = []
+            for _ in range(cfg.n_blk_per_group):
+                blocks.append(ResBlock(n_in, width, n_layers, (3, 3, 3, 1)))
+                n_in = width
+            last = g == cfg.group_count - 1
+            items.append(
+                (f"group_{g + 1}", _group(blocks, None if last else ("pool", nn.MaxPool2d(2))))
+            )
+        items.append(
+            (
+                "output",
+                nn.Sequential(
+                    OrderedDict([("relu", nn.ReLU()), ("conv", Conv2d(n_in, cfg.vocab_size, 1))])
+                ),
+            )
+        )
+        self.blocks = nn.Sequential(OrderedDict(items))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Decoder(nn.Module):
+    """``(B, K, h, w)`` one-hot (or relaxed) codes -> ``(B, 2C, h*f, w*f)`` logit-Laplace stats."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        n_layers = cfg.group_count * cfg.n_blk_per_group
+        widths = [cfg.n_hid * 2**g for g in reversed(range(cfg.group_count))]
+        items: list[tuple[str, nn.Module]] = [("input", Conv2d(cfg.vocab_size, cfg.n_init, 1))]
+        n_in = cfg.n_init
+        for g, width in enumerate(widths):
+            blocks = []
+            for _ in range(cfg.n_blk_per_group):
+                blocks.append(ResBlock(n_in, width, n_layers, (1, 3, 3, 3)))
+                n_in = width
+            last = g == cfg.group_count - 1
+            up = None if last else ("upsample", nn.Upsample(scale_factor=2, mode="nearest"))
+            items.append((f"group_{g + 1}", _group(blocks, up)))
+        out = Conv2d(n_in, 2 * cfg.channels, 1)
+        items.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", out)]))))
+        self.blocks = nn.Sequential(OrderedDict(items))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """``(K, n_init)``: the embedding of each code (the input 1x1 conv's columns)."""
+        return self.blocks.input.w[:, :, 0, 0].t()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(z)
+
+    def forward_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``(B, h, w)`` -> stats, by embedding lookup instead of a one-hot matmul."""
+        # (B, h, w) -> (B, n_init, h, w): identical to input conv on a one-hot, K times cheaper.
+        x = (
+            F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+            + self.blocks.input.b[None, :, None, None]
+        )
+        for name, module in self.blocks.named_children():
+            if name != "input":
+                x = module(x)
+        return x
+
+
+class DiscreteVAE(nn.Module):
+    """Images ``(B, C, H, W)`` in [0, 1] <-> codes ``(B, h*w)`` in ``[0, K)``."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+        save_component(Path(directory), self, self.cfg)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DiscreteVAE:
+        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
+        return load_component(Path(directory), VAEConfig, cls)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        c, s = self.cfg.channels, self.cfg.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(
+                f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in [0, 1] -> ``(B, K, h, w)`` encoder logits."""
+        self._check_images(images)
+        return self.encoder(map_pixels(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in [0, 1] -> ``(B, h*w)`` long codes (argmax, no noise), row-major."""
+        return self.logits(images).argmax(dim=1).flatten(1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(B, h*w)`` codes -> ``(B, C, H, W)`` images in [0, 1]."""
+        n, k = self.cfg.grid_size, self.cfg.vocab_size
+        if codes.ndim != 2 or codes.shape[1] != n * n:
+            raise ValueError(f"expected codes of shape (B, {n * n}), got {tuple(codes.shape)}")
+        if codes.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"expected integer codes, got dtype {codes.dtype}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= k):
+            raise ValueError(f"expected codes in [0, {k}), got values in [{codes.min()}, {codes.max()}]")
+        stats = self.decoder.forward_codes(codes.long().view(-1, n, n))
+        return self.reconstruction(stats)
+
+    def reconstruction(self, stats: torch.Tensor) -> torch.Tensor:
+        """Decoder stats ``(B, 2C, H, W)`` -> the image ``(B, C, H, W)`` in [0, 1] (the mode)."""
+        return unmap_pixels(torch.sigmoid(stats[:, : self.cfg.channels]))
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        tau: float,
+        hard: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training pass with the gumbel-softmax relaxation at temperature ``tau``.
+
+        Returns ``logits`` (B, K, h, w) and decoder ``stats`` (B, 2C, H, W). With ``hard`` the
+        decoder sees one-hot codes and gradients flow through the soft sample (straight-through).
+        """
+        logits = self.logits(images)
+        # Gumbel(0, 1) noise = -log(E) with E ~ Exponential(1).
+        exponential = torch.empty_like(logits).exponential_(generator=generator)
+        gumbel = -exponential.clamp_min(1e-20).log()
+        soft = F.softmax((logits + gumbel) / tau, dim=1)
+        if hard:
+            one_hot = (
+                F.one_hot(soft.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2).to(soft.dtype)
+            )
+            soft = one_hot + soft - soft.detach()
+        return {"logits": logits, "stats": self.decoder(soft)}

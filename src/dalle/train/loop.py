@@ -1,0 +1,121 @@
+"""One training loop for every model: each model supplies only an objective.
+
+An objective maps ``(model, batch, step)`` to ``(loss, metrics)``. The loop owns the rest:
+AdamW (no weight decay on biases, norms and embeddings), warm-up + cosine learning rate,
+gradient clipping, seeding, a progress bar, JSONL metrics and periodic callbacks (checkpoints,
+sample grids) in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from dalle.train.schedules import lr_factor
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: torch.nn.Module, batch: Any, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = 1.0
+    log_every: int = 10
+
+
+@dataclass
+class Callback:
+    every: int
+    fn: Callable[[int], None]  # called with the number of steps done
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and conv kernels; never biases, norms or embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "emb" in name or "norm" in name or name.endswith(".b")
+        (no_decay if skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+
+
+def train(
+    model: torch.nn.Module,
+    objective: Objective,
+    batches: Iterator[Any],
+    cfg: OptimConfig,
+    run_dir: Path,
+    callbacks: list[Callback] = (),  # type: ignore[assignment]
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run ``cfg.steps`` optimisation steps; returns the last logged metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    opt = make_optimizer(model, cfg)
+    model.train()
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+        for step in bar:
+            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, metrics = objective(model, next(batches), step)
+            if not torch.isfinite(loss):
+                raise ValueError(f"{desc}: loss became {loss.item()} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                metrics["grad_norm"] = float(
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                )
+            opt.step()
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - t0
+                last = {
+                    "step": done,
+                    "loss": float(loss),
+                    "lr": lr,
+                    "elapsed_s": round(elapsed, 2),
+                    **metrics,
+                }
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                bar.set_postfix(
+                    {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
+                    | {"loss": f"{float(loss):.4g}"}
+                )
+            for cb in callbacks:
+                if done % cb.every == 0 or done == cfg.steps:
+                    model.eval()
+                    cb.fn(done)
+                    model.train()
+    model.eval()
+    return last
