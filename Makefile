@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt requirements-test-openai.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[dev]'
+	# OpenAI's dall-e package is a test-only reference for the dVAE importer; its torchvision
+	# requirement cannot sit beside CPU torch, so it goes in without dependencies.
+	$(BIN)/pip install --quiet -c constraints-cpu.txt attrs requests
+	$(BIN)/pip install --quiet --no-deps -r requirements-test-openai.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -98,6 +98,9 @@ class VAETrainConfig:
     kl_warmup_steps: int = 500
     recon: str = "logit_laplace"  # or "mse"
     straight_through: bool = False  # hard one-hot forward, soft gradients
+    # Weight of KL(batch-average code distribution || uniform): spreads codes over the codebook
+    # without making each position's distribution uniform (0 = the paper's objective).
+    usage_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""``dalle eval``: measure generated images; ``dalle eval shapes`` scores prompt fidelity.
+"""``dalle eval``: ``shapes`` scores the prompt fidelity of images; ``vae`` measures a dVAE.
 
 Each kind of evaluation is a sub-command of ``eval`` that prints one JSON object on stdout.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from dalle.cli.common import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='JSONL file of {"prompt": ..., "file": ...} lines, files relative to its folder',
     )
     s.set_defaults(func=run_shapes)
+    v = kinds.add_parser(
+        "vae",
+        help="reconstruction PSNR, codebook usage and fidelity of a trained dVAE",
+        description="Encode and decode held-out images and print one JSON object: psnr (dB), "
+        "codebook_usage (fraction of codes used), perplexity, and for --data shapes the "
+        "shapes checker's fidelity of the reconstructions against the original captions "
+        "(half unseen train-split scenes, half holdout scenes).",
+    )
+    v.add_argument(
+        "--model", type=Path, required=True, help="run folder of train-vae, or its model/"
+    )
+    v.add_argument("--data", default="shapes", help="'shapes' or an image+.txt folder")
+    v.add_argument("--num", type=positive_int, default=256, help="number of images")
+    v.set_defaults(func=run_vae)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -43,4 +59,28 @@ def run_shapes(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of DIR or --manifest FILE")
     items = read_folder(args.folder) if args.folder else read_manifest(args.manifest)
     print(json.dumps(fidelity(open_pairs(items))))
+    return 0
+
+
+def run_vae(args: argparse.Namespace) -> int:
+    import torch
+
+    from dalle.data.folder import ImageFolderDataset
+    from dalle.eval.vae import evaluate_vae
+    from dalle.models.vae import DiscreteVAE
+    from dalle.train.vae import shapes_eval_set
+
+    model_dir = args.model / "model" if (args.model / "model").is_dir() else args.model
+    vae = DiscreteVAE.load(model_dir)
+    if args.data == "shapes":
+        images, captions = shapes_eval_set(args.num)
+        if vae.cfg.image_size != 64:
+            raise ValueError(
+                f"--data shapes has 64 px images; the model expects {vae.cfg.image_size} px"
+            )
+    else:
+        dataset = ImageFolderDataset(Path(args.data), vae.cfg.image_size)
+        items = [dataset[i] for i in range(min(args.num, len(dataset)))]
+        images, captions = torch.stack([x["image"] for x in items]), None
+    print(json.dumps(evaluate_vae(vae, images, captions)))
     return 0

@@ -162,6 +162,8 @@ class DiscreteVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        # NHWC convolutions are 1.3-2x faster on CPU (oneDNN) for these narrow layers.
+        self.to(memory_format=torch.channels_last)
 
     def save(self, directory: str | Path) -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
@@ -184,7 +186,7 @@ class DiscreteVAE(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> ``(B, K, h, w)`` encoder logits."""
         self._check_images(images)
-        return self.encoder(map_pixels(images))
+        return self.encoder(map_pixels(images).contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -200,7 +202,9 @@ class DiscreteVAE(nn.Module):
         if codes.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"expected integer codes, got dtype {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= k):
-            raise ValueError(f"expected codes in [0, {k}), got values in [{codes.min()}, {codes.max()}]")
+            raise ValueError(
+                f"expected codes in [0, {k}), got values in [{codes.min()}, {codes.max()}]"
+            )
         stats = self.decoder.forward_codes(codes.long().view(-1, n, n))
         return self.reconstruction(stats)
 

@@ -101,7 +101,7 @@ def train(
                 elapsed = time.perf_counter() - t0
                 last = {
                     "step": done,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "lr": lr,
                     "elapsed_s": round(elapsed, 2),
                     **metrics,
@@ -110,7 +110,7 @@ def train(
                 log.flush()
                 bar.set_postfix(
                     {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
-                    | {"loss": f"{float(loss):.4g}"}
+                    | {"loss": f"{float(loss.detach()):.4g}"}
                 )
             for cb in callbacks:
                 if done % cb.every == 0 or done == cfg.steps:

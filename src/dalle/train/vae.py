@@ -41,6 +41,12 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * log_q).sum(dim=1) + math.log(logits.shape[1])
 
 
+def batch_usage_kl(logits: torch.Tensor) -> torch.Tensor:
+    """KL(mean over batch and positions of q || uniform), in nats: 0 when every code is used equally."""
+    mean_q = F.softmax(logits, dim=1).mean(dim=(0, 2, 3))  # (K,)
+    return (mean_q * mean_q.clamp_min(1e-12).log()).sum() + math.log(logits.shape[1])
+
+
 class VAEObjective:
     """``(model, images, step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`."""
 
@@ -62,9 +68,12 @@ class VAEObjective:
         if self.cfg.recon == "logit_laplace":
             recon = logit_laplace_nll(out["stats"], images)
         else:
-            recon = (model.reconstruction(out["stats"]) - images) ** 2
+            # Squared error in the mapped space, before unmap's clamp (which has no gradient).
+            recon = (torch.sigmoid(out["stats"][:, : images.shape[1]]) - map_pixels(images)) ** 2
         kl = kl_to_uniform(out["logits"])
         loss = (recon.sum() + beta * kl.sum()) / images.numel()
+        if self.cfg.usage_weight:
+            loss = loss + self.cfg.usage_weight * batch_usage_kl(out["logits"])
         with torch.no_grad():
             mse = F.mse_loss(model.reconstruction(out["stats"]), images).item()
         metrics = {
@@ -123,6 +132,8 @@ def train_vae(
         weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip,
     )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         run_dir / "train_config.json", {"vae": to_dict(vae.cfg), "train": to_dict(cfg)}
     )
@@ -144,3 +155,42 @@ def train_vae(
         "train-vae",
         progress,
     )
+
+
+@torch.no_grad()
+def init_codebook_logits(
+    vae: DiscreteVAE,
+    images: torch.Tensor,
+    spread: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Data-dependent init of the encoder's last 1x1 conv (the logits over the codebook).
+
+    A random linear layer scores every position alike (the features share a large common
+    component), so the relaxed codes start out carrying no information about the image and
+    training stalls on the mean image. Instead seed K feature vectors with k-means++ on the
+    features of ``images`` and set the logits to their negative squared distances, scaled so
+    that the logits of one position have a standard deviation of ``spread``: from step 0
+    different content picks different codes, as a VQ-VAE's data-initialised codebook does.
+    """
+    blocks = vae.encoder.blocks
+    h = map_pixels(images).contiguous(memory_format=torch.channels_last)
+    for name, module in blocks.named_children():
+        if name == "output":
+            break
+        h = module(h)
+    feats = F.relu(h).permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (N, n)
+    k = vae.cfg.vocab_size
+    centres = feats[torch.randint(len(feats), (1,), generator=generator)]
+    d2 = ((feats - centres[0]) ** 2).sum(1)
+    for _ in range(k - 1):  # k-means++ seeding: far-away features are likelier picks
+        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
+        c = feats[torch.multinomial(p, 1, generator=generator)]
+        centres = torch.cat([centres, c])
+        d2 = torch.minimum(d2, ((feats - c) ** 2).sum(1))
+    # -|f - c|^2 = 2 f.c - |c|^2 - |f|^2; the last term is the same for every code.
+    logits = 2 * feats @ centres.t() - (centres**2).sum(1)
+    scale = spread / logits.std(dim=1).mean().clamp_min(1e-8)
+    conv = blocks.output.conv
+    conv.w.copy_((2 * scale * centres)[:, :, None, None])
+    conv.b.copy_(-scale * (centres**2).sum(1))

@@ -1,0 +1,207 @@
+"""Discrete VAE: shape contracts, objective against hand computations, schedules, training
+improves reconstructions, save/load round trip, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dalle.config import VAE_PRESETS, VAEConfig, VAETrainConfig
+from dalle.data.shapes import ShapesDataset, collate
+from dalle.eval.vae import codebook_stats, psnr
+from dalle.models.vae import DiscreteVAE, map_pixels, unmap_pixels
+from dalle.train.schedules import cosine_ramp, lr_factor
+from dalle.train.vae import VAEObjective, kl_to_uniform, logit_laplace_nll
+
+TINY = VAEConfig(image_size=32, downsample=4, vocab_size=32, n_hid=8, n_init=16)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return collate([ShapesDataset("train", 16, seed=3)[i] for i in range(16)])["image"]
+
+
+def test_shape_contracts():
+    vae = DiscreteVAE(TINY)
+    x = torch.rand(3, 3, 32, 32)
+    out = vae(x, tau=1.0)
+    assert out["logits"].shape == (3, 32, 8, 8)
+    assert out["stats"].shape == (3, 6, 32, 32)
+    codes = vae.encode(x)
+    assert codes.shape == (3, 64) and codes.dtype == torch.int64
+    assert codes.min() >= 0 and codes.max() < 32
+    y = vae.decode(codes)
+    assert y.shape == (3, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
+
+
+def test_encode_is_row_major_argmax():
+    vae = DiscreteVAE(TINY)
+    x = torch.rand(2, 3, 32, 32)
+    logits = vae.logits(x)  # (B, K, h, w)
+    expected = torch.stack(
+        [logits[b].argmax(0)[r, c] for b in range(2) for r in range(8) for c in range(8)]
+    )
+    assert torch.equal(vae.encode(x).flatten(), expected)
+
+
+def test_decode_by_lookup_equals_one_hot_decoder():
+    vae = DiscreteVAE(TINY)
+    codes = torch.randint(0, 32, (2, 64))
+    one_hot = F.one_hot(codes.view(2, 8, 8), 32).permute(0, 3, 1, 2).float()
+    expected = vae.reconstruction(vae.decoder(one_hot))
+    torch.testing.assert_close(vae.decode(codes), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(2, 3, 64, 64), r"shape \(B, 3, 32, 32\)"),
+        (torch.rand(3, 32, 32), r"shape \(B, 3, 32, 32\)"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), "float images"),
+    ],
+)
+def test_encode_rejects_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DiscreteVAE(TINY).encode(bad)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(2, 63, dtype=torch.long), r"shape \(B, 64\)"),
+        (torch.zeros(2, 64), "integer codes"),
+        (torch.full((2, 64), 32), r"codes in \[0, 32\)"),
+        (torch.full((2, 64), -1), r"codes in \[0, 32\)"),
+    ],
+)
+def test_decode_rejects_bad_codes(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DiscreteVAE(TINY).decode(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"downsample": 3}, {"image_size": 30}, {"vocab_size": 1}, {"n_hid": 6}]
+)
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        dataclasses.replace(TINY, **kwargs)
+
+
+def test_paper_preset_matches_openai_parameter_counts():
+    with torch.device("meta"):
+        vae = DiscreteVAE(VAE_PRESETS["paper"])
+    assert sum(p.numel() for p in vae.encoder.parameters()) == 53_786_240
+    assert sum(p.numel() for p in vae.decoder.parameters()) == 43_829_766
+    assert VAE_PRESETS["paper"].grid_size == 32
+
+
+def test_map_unmap_pixels():
+    x = torch.linspace(0, 1, 11)
+    assert torch.allclose(map_pixels(x)[[0, -1]], torch.tensor([0.1, 0.9]))
+    torch.testing.assert_close(unmap_pixels(map_pixels(x)), x)
+
+
+def test_logit_laplace_nll_matches_hand_computation():
+    image = torch.tensor([0.0, 0.5, 1.0, 0.25]).view(1, 1, 2, 2)
+    mu = torch.tensor([0.3, -0.2, 1.0, 0.0]).view(1, 1, 2, 2)
+    log_b = torch.tensor([0.0, -1.0, 0.5, 0.2]).view(1, 1, 2, 2)
+    got = logit_laplace_nll(torch.cat([mu, log_b], 1), image).flatten()
+    for i, (p, m, lb) in enumerate(
+        zip([0.0, 0.5, 1.0, 0.25], [0.3, -0.2, 1.0, 0.0], [0.0, -1.0, 0.5, 0.2], strict=True)
+    ):
+        x = 0.8 * p + 0.1
+        b = math.exp(lb)
+        density = 1 / (2 * b * x * (1 - x)) * math.exp(-abs(math.log(x / (1 - x)) - m) / b)
+        assert got[i].item() == pytest.approx(-math.log(density), rel=1e-5)
+
+
+def test_kl_to_uniform_matches_hand_computation():
+    logits = torch.tensor([2.0, 0.0, -1.0]).view(1, 3, 1, 1)
+    q = torch.softmax(torch.tensor([2.0, 0.0, -1.0]), 0)
+    expected = sum(qi * math.log(qi * 3) for qi in q.tolist())
+    assert kl_to_uniform(logits).item() == pytest.approx(expected, rel=1e-6)
+    assert kl_to_uniform(torch.zeros(1, 5, 2, 2)).abs().max() < 1e-6
+
+
+def test_schedules_at_endpoints():
+    cfg = VAETrainConfig(steps=100, kl_warmup_steps=40, kl_weight=6.6)
+    objective = VAEObjective(cfg)
+    assert objective.tau(0) == pytest.approx(1.0)
+    assert objective.tau(100) == pytest.approx(1 / 16)
+    assert objective.tau(50) == pytest.approx((1 + 1 / 16) / 2)
+    assert objective.beta(0) == pytest.approx(0.0)
+    assert objective.beta(40) == pytest.approx(6.6) and objective.beta(1000) == pytest.approx(6.6)
+    assert cosine_ramp(5, 10, 0.0, 1.0) == pytest.approx(0.5)
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_objective_is_normalised_per_subpixel(images):
+    torch.manual_seed(0)
+    cfg = VAETrainConfig(steps=10, kl_warmup_steps=1, kl_weight=2.0)
+    vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
+    g = torch.Generator().manual_seed(0)
+    loss, metrics = VAEObjective(cfg, g)(vae, images, step=5)
+    out = vae(images, tau=VAEObjective(cfg).tau(5), generator=torch.Generator().manual_seed(0))
+    recon = logit_laplace_nll(out["stats"], images).sum()
+    kl = kl_to_uniform(out["logits"]).sum()
+    assert loss.item() == pytest.approx(((recon + 2.0 * kl) / images.numel()).item(), rel=1e-5)
+    assert metrics["beta"] == 2.0
+
+
+def test_codebook_stats():
+    stats = codebook_stats(torch.tensor([0, 1, 2, 3]), 8)
+    assert stats["codebook_usage"] == 0.5 and stats["perplexity"] == pytest.approx(4.0)
+    assert codebook_stats(torch.zeros(10, dtype=torch.long), 4)["perplexity"] == pytest.approx(1.0)
+    assert psnr(torch.zeros(4), torch.full((4,), 0.1)) == pytest.approx(20.0)
+
+
+def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
+    from dalle.train.vae import train_vae
+
+    torch.manual_seed(0)
+    vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
+    before = psnr(vae.decode(vae.encode(images)), images)
+    cfg = VAETrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, kl_warmup_steps=30)
+    train_vae(
+        vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=30, progress=False
+    )
+    after = psnr(vae.decode(vae.encode(images)), images)
+    assert after > before + 3, (before, after)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "recon_000060.png").is_file()
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 6
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    vae = DiscreteVAE(TINY)
+    vae.save(tmp_path / "vae")
+    loaded = DiscreteVAE.load(tmp_path / "vae")
+    assert loaded.cfg == TINY
+    for (k, a), (k2, b) in zip(vae.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(vae.encode(x), loaded.encode(x))
+
+
+def test_load_rejects_corrupt_and_mismatched_weights(tmp_path):
+    vae = DiscreteVAE(TINY)
+    vae.save(tmp_path / "a")
+    weights = tmp_path / "a" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        DiscreteVAE.load(tmp_path / "a")
+    DiscreteVAE(dataclasses.replace(TINY, vocab_size=64)).save(tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    with pytest.raises(ValueError, match="shape"):
+        DiscreteVAE.load(tmp_path / "b")
+    with pytest.raises(ValueError, match="does not exist"):
+        DiscreteVAE.load(tmp_path / "missing")
+    (tmp_path / "a" / "config.json").write_text('{"image_size": 32, "bogus": 1}')
+    with pytest.raises(ValueError, match="unknown field"):
+        DiscreteVAE.load(tmp_path / "a")
