@@ -35,7 +35,7 @@ def test_shape_contracts():
     assert codes.shape == (3, 64) and codes.dtype == torch.int64
     assert codes.min() >= 0 and codes.max() < 32
     y = vae.decode(codes)
-    assert y.shape == (3, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
+    assert y.shape == (3, 3, 32, 32) and y.min() >= 0 and y.max() <= 1
 
 
 def test_encode_is_row_major_argmax():
