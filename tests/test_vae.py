@@ -143,7 +143,9 @@ def test_schedules_at_endpoints():
 
 def test_objective_is_normalised_per_subpixel(images):
     torch.manual_seed(0)
-    cfg = VAETrainConfig(steps=10, kl_warmup_steps=1, kl_weight=2.0)
+    cfg = VAETrainConfig(
+        steps=10, kl_warmup_steps=1, kl_weight=2.0, usage_weight=0.0, recon="logit_laplace"
+    )
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
     g = torch.Generator().manual_seed(0)
     loss, metrics = VAEObjective(cfg, g)(vae, images, step=5)
@@ -152,6 +154,32 @@ def test_objective_is_normalised_per_subpixel(images):
     kl = kl_to_uniform(out["logits"]).sum()
     assert loss.item() == pytest.approx(((recon + 2.0 * kl) / images.numel()).item(), rel=1e-5)
     assert metrics["beta"] == 2.0
+    mse_cfg = dataclasses.replace(cfg, recon="mse", kl_weight=0.0)
+    loss, _ = VAEObjective(mse_cfg, torch.Generator().manual_seed(0))(vae, images, step=5)
+    out = vae(images, tau=VAEObjective(cfg).tau(5), generator=torch.Generator().manual_seed(0))
+    mse = ((torch.sigmoid(out["stats"][:, :3]) - map_pixels(images)) ** 2).mean()
+    assert loss.item() == pytest.approx(mse.item(), rel=1e-5)
+
+
+def test_batch_usage_kl_matches_hand_computation():
+    from dalle.train.vae import batch_usage_kl
+
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]]).t().reshape(1, 2, 1, 2)  # q: 1/2, 3/4
+    mean_q = [(0.5 + 0.75) / 2, (0.5 + 0.25) / 2]
+    expected = sum(q * math.log(q * 2) for q in mean_q)
+    assert batch_usage_kl(logits).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_data_dependent_logit_init_spreads_codes(images):
+    from dalle.train.vae import init_codebook_logits
+
+    torch.manual_seed(0)
+    vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
+    before = vae.encode(images).unique().numel()
+    init_codebook_logits(vae, images, spread=15.0, generator=torch.Generator().manual_seed(0))
+    after = vae.encode(images).unique().numel()
+    assert after > max(before, 20), (before, after)
+    assert vae.logits(images).std(dim=1).mean().item() == pytest.approx(15.0, rel=0.05)
 
 
 def test_codebook_stats():

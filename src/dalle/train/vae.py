@@ -145,6 +145,9 @@ def train_vae(
         )
 
     images = (batch["image"] if isinstance(batch, dict) else batch for batch in batches)
+    if cfg.init_spread > 0:
+        init_batch = torch.cat([next(images) for _ in range(max(1, 64 // cfg.batch_size))])
+        init_codebook_logits(vae, init_batch, cfg.init_spread, generator)
     return train(
         vae,
         VAEObjective(cfg, generator),
