@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from dalle.config import VAE_PRESETS, VAEConfig, VAETrainConfig
 from dalle.data.shapes import ShapesDataset, collate
 from dalle.eval.vae import codebook_stats, psnr
-from dalle.models.vae import DiscreteVAE, map_pixels, unmap_pixels
+from dalle.models.vae import DiscreteVAE, gumbel_softmax, map_pixels, unmap_pixels
 from dalle.train.schedules import cosine_ramp, lr_factor
 from dalle.train.vae import VAEObjective, kl_to_uniform, logit_laplace_nll
 
@@ -54,6 +54,28 @@ def test_decode_by_lookup_equals_one_hot_decoder():
     one_hot = F.one_hot(codes.view(2, 8, 8), 32).permute(0, 3, 1, 2).float()
     expected = vae.reconstruction(vae.decoder(one_hot))
     torch.testing.assert_close(vae.decode(codes), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_relaxed_decoder_path_equals_conv_path():
+    vae = DiscreteVAE(TINY)
+    soft = torch.softmax(torch.randn(2, 8, 8, 32), dim=-1)  # (B, h, w, K)
+    expected = vae.decoder(soft.permute(0, 3, 1, 2).contiguous())  # OpenAI's 1x1-conv route
+    torch.testing.assert_close(vae.decoder.forward_soft(soft), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gumbel_samples_follow_the_softmax():
+    """Hard samples are one-hot at argmax(logits + gumbel): the gumbel-max trick, so code
+    frequencies match softmax(logits); gradients flow through the relaxed sample."""
+    probs = torch.tensor([0.05, 0.15, 0.3, 0.5])
+    logits = probs.log().expand(40_000, 4).clone().requires_grad_()
+    sample = gumbel_softmax(logits, tau=0.5, hard=True, generator=torch.Generator().manual_seed(0))
+    assert set(sample.detach().unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(sample.detach().sum(-1), torch.ones(40_000))
+    torch.testing.assert_close(sample.detach().mean(0), probs, atol=0.01, rtol=0)
+    (sample * torch.arange(4.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    soft = gumbel_softmax(logits.detach(), tau=1.0, generator=torch.Generator().manual_seed(0))
+    assert soft.min() > 0 and torch.allclose(soft.sum(-1), torch.ones(40_000))
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ class VAETrainConfig:
     and lost colour (its median-like fit favours the black background), MSE 24 dB.
     """
 
-    steps: int = 1000
+    steps: int = 1200
     batch_size: int = 16
     lr: float = 4e-3
     warmup_steps: int = 100

@@ -37,13 +37,13 @@ def logit_laplace_nll(stats: torch.Tensor, images: torch.Tensor) -> torch.Tensor
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     """KL(q || uniform) per latent position ``(B, h, w)`` for logits ``(B, K, h, w)``, in nats."""
-    log_q = F.log_softmax(logits, dim=1)
-    return (log_q.exp() * log_q).sum(dim=1) + math.log(logits.shape[1])
+    log_q = F.log_softmax(logits.movedim(1, -1), dim=-1)  # a contiguous view for NHWC logits
+    return (log_q.exp() * log_q).sum(dim=-1) + math.log(logits.shape[1])
 
 
 def batch_usage_kl(logits: torch.Tensor) -> torch.Tensor:
     """KL(mean over batch and positions of q || uniform), in nats: 0 when every code is used equally."""
-    mean_q = F.softmax(logits, dim=1).mean(dim=(0, 2, 3))  # (K,)
+    mean_q = F.softmax(logits.movedim(1, -1), dim=-1).mean(dim=(0, 1, 2))  # (K,)
     return (mean_q * mean_q.clamp_min(1e-12).log()).sum() + math.log(logits.shape[1])
 
 
@@ -70,7 +70,11 @@ class VAEObjective:
         else:
             # Squared error in the mapped space, before unmap's clamp (which has no gradient).
             recon = (torch.sigmoid(out["stats"][:, : images.shape[1]]) - map_pixels(images)) ** 2
-        kl = kl_to_uniform(out["logits"])
+        if beta > 0:
+            kl = kl_to_uniform(out["logits"])
+        else:  # reported, but no backward pass through a term weighted 0
+            with torch.no_grad():
+                kl = kl_to_uniform(out["logits"])
         loss = (recon.sum() + beta * kl.sum()) / images.numel()
         if self.cfg.usage_weight:
             loss = loss + self.cfg.usage_weight * batch_usage_kl(out["logits"])
