@@ -92,8 +92,8 @@ class VAETrainConfig:
     and lost colour (its median-like fit favours the black background), MSE 24 dB.
     """
 
-    steps: int = 1200
-    batch_size: int = 16
+    steps: int = 2500
+    batch_size: int = 8
     lr: float = 4e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
@@ -101,6 +101,7 @@ class VAETrainConfig:
     grad_clip: float = 1.0
     tau_start: float = 1.0
     tau_end: float = 1.0 / 16
+    tau_anneal_steps: int | None = None  # cosine 1 -> 1/16 over these steps (None: all)
     kl_weight: float = 0.0  # beta target, reached by a cosine warm-up (paper: 6.6)
     kl_warmup_steps: int = 500
     recon: str = "mse"  # or "logit_laplace" (the paper's)

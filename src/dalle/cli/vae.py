@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--kl-weight", type=float, help="target KL weight beta")
+    p.add_argument("--tau-anneal-steps", type=positive_int, help="steps over which tau anneals 1 -> 1/16 (default: all)")
+    p.add_argument("--usage-weight", type=float, help="weight of the batch code-usage term")
+    p.add_argument("--straight-through", action="store_true", default=None, help="hard one-hot codes forward, relaxed gradients")
     p.add_argument("--recon", choices=("logit_laplace", "mse"), help="reconstruction loss")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "kl_weight": args.kl_weight,
         "recon": args.recon,
+        "tau_anneal_steps": args.tau_anneal_steps,
+        "usage_weight": args.usage_weight,
+        "straight_through": args.straight_through,
         "seed": args.seed,
     }
     train_cfg = dataclasses.replace(

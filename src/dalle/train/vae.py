@@ -55,7 +55,8 @@ class VAEObjective:
         self.generator = generator
 
     def tau(self, step: int) -> float:
-        return cosine_ramp(step, self.cfg.steps, self.cfg.tau_start, self.cfg.tau_end)
+        steps = self.cfg.tau_anneal_steps or self.cfg.steps
+        return cosine_ramp(step, steps, self.cfg.tau_start, self.cfg.tau_end)
 
     def beta(self, step: int) -> float:
         return cosine_ramp(step, self.cfg.kl_warmup_steps, 0.0, self.cfg.kl_weight)
