@@ -33,9 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--kl-weight", type=float, help="target KL weight beta")
-    p.add_argument("--tau-anneal-steps", type=positive_int, help="steps over which tau anneals 1 -> 1/16 (default: all)")
+    p.add_argument(
+        "--tau-anneal-steps",
+        type=positive_int,
+        help="steps over which tau anneals 1 -> 1/16 (default: all)",
+    )
     p.add_argument("--usage-weight", type=float, help="weight of the batch code-usage term")
-    p.add_argument("--straight-through", action="store_true", default=None, help="hard one-hot codes forward, relaxed gradients")
+    p.add_argument(
+        "--straight-through",
+        action="store_true",
+        default=None,
+        help="hard one-hot codes forward, relaxed gradients",
+    )
     p.add_argument("--recon", choices=("logit_laplace", "mse"), help="reconstruction loss")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
