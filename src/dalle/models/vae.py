@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,10 +93,32 @@ class ResBlock(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
-def _group(blocks: list[ResBlock], resample: tuple[str, nn.Module] | None) -> nn.Sequential:
-    items: list[tuple[str, nn.Module]] = [(f"block_{i + 1}", b) for i, b in enumerate(blocks)]
-    if resample is not None:
-        items.append(resample)
+_POOL = ("pool", lambda: nn.MaxPool2d(2))
+_UPSAMPLE = ("upsample", lambda: nn.Upsample(scale_factor=2, mode="nearest"))
+
+
+def _stack(
+    cfg: VAEConfig,
+    first: tuple[str, nn.Module],
+    n_in: int,
+    widths: list[int],
+    kernels: tuple[int, int, int, int],
+    resample: tuple[str, Callable[[], nn.Module]],
+    last: nn.Module,
+) -> nn.Sequential:
+    """``input, group_1 .. group_G, output``; groups hold ``block_i``s and, except the last, a
+    resampling layer; the output is ReLU then ``last`` (OpenAI's layout and names)."""
+    n_layers = cfg.group_count * cfg.n_blk_per_group
+    items: list[tuple[str, nn.Module]] = [first]
+    for g, width in enumerate(widths):
+        group: list[tuple[str, nn.Module]] = []
+        for i in range(cfg.n_blk_per_group):
+            group.append((f"block_{i + 1}", ResBlock(n_in, width, n_layers, kernels)))
+            n_in = width
+        if g < len(widths) - 1:
+            group.append((resample[0], resample[1]()))
+        items.append((f"group_{g + 1}", nn.Sequential(OrderedDict(group))))
+    items.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", last)]))))
     return nn.Sequential(OrderedDict(items))
 
 
@@ -104,28 +127,10 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        n_layers = cfg.group_count * cfg.n_blk_per_group
         widths = [cfg.n_hid * 2**g for g in range(cfg.group_count)]
-        items: list[tuple[str, nn.Module]] = [("input", Conv2d(cfg.channels, widths[0], 7))]
-        n_in = widths[0]
-        for g, width in enumerate(widths):
-            blocks = []
-            for _ in range(cfg.n_blk_per_group):
-                blocks.append(ResBlock(n_in, width, n_layers, (3, 3, 3, 1)))
-                n_in = width
-            last = g == cfg.group_count - 1
-            items.append(
-                (f"group_{g + 1}", _group(blocks, None if last else ("pool", nn.MaxPool2d(2))))
-            )
-        items.append(
-            (
-                "output",
-                nn.Sequential(
-                    OrderedDict([("relu", nn.ReLU()), ("conv", Conv2d(n_in, cfg.vocab_size, 1))])
-                ),
-            )
-        )
-        self.blocks = nn.Sequential(OrderedDict(items))
+        first = ("input", Conv2d(cfg.channels, widths[0], 7))
+        last = Conv2d(widths[-1], cfg.vocab_size, 1)
+        self.blocks = _stack(cfg, first, widths[0], widths, (3, 3, 3, 1), _POOL, last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -136,21 +141,10 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        n_layers = cfg.group_count * cfg.n_blk_per_group
         widths = [cfg.n_hid * 2**g for g in reversed(range(cfg.group_count))]
-        items: list[tuple[str, nn.Module]] = [("input", Conv2d(cfg.vocab_size, cfg.n_init, 1))]
-        n_in = cfg.n_init
-        for g, width in enumerate(widths):
-            blocks = []
-            for _ in range(cfg.n_blk_per_group):
-                blocks.append(ResBlock(n_in, width, n_layers, (1, 3, 3, 3)))
-                n_in = width
-            last = g == cfg.group_count - 1
-            up = None if last else ("upsample", nn.Upsample(scale_factor=2, mode="nearest"))
-            items.append((f"group_{g + 1}", _group(blocks, up)))
-        out = Conv2d(n_in, 2 * cfg.channels, 1)
-        items.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", out)]))))
-        self.blocks = nn.Sequential(OrderedDict(items))
+        first = ("input", Conv2d(cfg.vocab_size, cfg.n_init, 1))
+        last = Conv2d(widths[-1], 2 * cfg.channels, 1)
+        self.blocks = _stack(cfg, first, cfg.n_init, widths, (1, 3, 3, 3), _UPSAMPLE, last)
 
     @property
     def codebook(self) -> torch.Tensor:
