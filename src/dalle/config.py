@@ -94,7 +94,7 @@ class VAETrainConfig:
 
     steps: int = 2500
     batch_size: int = 8
-    lr: float = 4e-3
+    lr: float = 8e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
