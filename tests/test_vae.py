@@ -176,6 +176,8 @@ def test_objective_is_normalised_per_subpixel(images):
     kl = kl_to_uniform(out["logits"]).sum()
     assert loss.item() == pytest.approx(((recon + 2.0 * kl) / images.numel()).item(), rel=1e-5)
     assert metrics["beta"] == 2.0
+    used = vae.logits(images).argmax(dim=1).unique().numel()
+    assert metrics["batch_usage"] == pytest.approx(used / 32)
     mse_cfg = dataclasses.replace(cfg, recon="mse", kl_weight=0.0)
     loss, _ = VAEObjective(mse_cfg, torch.Generator().manual_seed(0))(vae, images, step=5)
     out = vae(images, tau=VAEObjective(cfg).tau(5), generator=torch.Generator().manual_seed(0))

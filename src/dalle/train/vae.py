@@ -87,6 +87,8 @@ class VAEObjective:
             "tau": tau,
             "beta": beta,
             "psnr": -10 * math.log10(max(mse, 1e-10)),
+            # fraction of the codebook that this batch's argmax codes use: collapse shows early
+            "batch_usage": out["logits"].argmax(dim=1).unique().numel() / out["logits"].shape[1],
         }
         return loss, metrics
 
