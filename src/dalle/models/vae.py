@@ -132,8 +132,15 @@ class Encoder(nn.Module):
         last = Conv2d(widths[-1], cfg.vocab_size, 1)
         self.blocks = _stack(cfg, first, widths[0], widths, (3, 3, 3, 1), _POOL, last)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` mapped pixels -> ``(B, n, h, w)``: everything before the output layer."""
+        for name, module in self.blocks.named_children():
+            if name != "output":
+                x = module(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+        return self.blocks.output(self.features(x))
 
 
 class Decoder(nn.Module):
@@ -201,10 +208,16 @@ class DiscreteVAE(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in [0, 1] -> ``(B, n, h, w)`` encoder features before the logit layer."""
+        self._check_images(images)
+        return self.encoder.features(
+            map_pixels(images).contiguous(memory_format=torch.channels_last)
+        )
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> ``(B, K, h, w)`` encoder logits."""
-        self._check_images(images)
-        return self.encoder(map_pixels(images).contiguous(memory_format=torch.channels_last))
+        return self.encoder.blocks.output(self.features(images))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

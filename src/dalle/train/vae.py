@@ -171,7 +171,7 @@ def train_vae(
 def init_codebook_logits(
     vae: DiscreteVAE,
     images: torch.Tensor,
-    spread: float = 3.0,
+    spread: float,
     generator: torch.Generator | None = None,
 ) -> None:
     """Data-dependent init of the encoder's last 1x1 conv (the logits over the codebook).
@@ -183,24 +183,21 @@ def init_codebook_logits(
     that the logits of one position have a standard deviation of ``spread``: from step 0
     different content picks different codes, as a VQ-VAE's data-initialised codebook does.
     """
-    blocks = vae.encoder.blocks
-    h = map_pixels(images).contiguous(memory_format=torch.channels_last)
-    for name, module in blocks.named_children():
-        if name == "output":
-            break
-        h = module(h)
-    feats = F.relu(h).permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (N, n)
-    k = vae.cfg.vocab_size
-    centres = feats[torch.randint(len(feats), (1,), generator=generator)]
-    d2 = ((feats - centres[0]) ** 2).sum(1)
-    for _ in range(k - 1):  # k-means++ seeding: far-away features are likelier picks
-        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
-        c = feats[torch.multinomial(p, 1, generator=generator)]
-        centres = torch.cat([centres, c])
-        d2 = torch.minimum(d2, ((feats - c) ** 2).sum(1))
+    h = F.relu(vae.features(images))  # the output layer's input: ReLU, then the 1x1 conv
+    feats = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (N, n)
+    first = int(torch.randint(len(feats), (1,), generator=generator))
+    picks = [first]
+    d2 = ((feats - feats[first]) ** 2).sum(1)
+    for _ in range(vae.cfg.vocab_size - 1):  # k-means++ seeding: far features likelier picks
+        total = d2.sum()
+        p = d2 / total if total > 0 else torch.full_like(d2, 1 / len(d2))
+        i = int(torch.multinomial(p, 1, generator=generator))
+        picks.append(i)
+        d2 = torch.minimum(d2, ((feats - feats[i]) ** 2).sum(1))
+    centres = feats[picks]  # (K, n)
     # -|f - c|^2 = 2 f.c - |c|^2 - |f|^2; the last term is the same for every code.
     logits = 2 * feats @ centres.t() - (centres**2).sum(1)
     scale = spread / logits.std(dim=1).mean().clamp_min(1e-8)
-    conv = blocks.output.conv
+    conv = vae.encoder.blocks.output.conv
     conv.w.copy_((2 * scale * centres)[:, :, None, None])
     conv.b.copy_(-scale * (centres**2).sum(1))
