@@ -164,3 +164,105 @@ def preset(presets: dict[str, C], name: str, kind: str) -> C:
     if name not in presets:
         raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(presets)}")
     return presets[name]
+
+
+ATTENTION_KINDS = ("full", "row", "column", "conv")
+
+
+def paper_attention(depth: int) -> tuple[str, ...]:
+    """The paper's layer pattern (Sec. 2.2, App. B.1): layers cycle row, column, row, row, and
+    the last layer uses convolutional attention."""
+    _require(depth >= 1, f"depth must be >= 1, got {depth}")
+    cycle = ("row", "column", "row", "row")
+    return tuple(cycle[i % 4] for i in range(depth - 1)) + ("conv",)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The DALL-E transformer over ``[text ; image]`` tokens (paper Sec. 2.2, App. B.1).
+
+    ``text_vocab`` is the tokenizer's vocabulary, pad id 0 included; each pad is embedded as a
+    per-position token ``text_vocab + j``, so the text table has ``text_vocab_total`` rows.
+    Image codes sit after the text ids in the combined output vocabulary, at offset
+    ``text_vocab_total``. ``attention`` names one mask per layer (see
+    ``dalle.models.transformer.attention_mask``); ``None`` means :func:`paper_attention`.
+    """
+
+    text_vocab: int = 512  # a placeholder in presets: replace with the tokenizer's vocab_size
+    text_len: int = 16
+    image_vocab: int = 512
+    image_grid: int = 16  # the image is image_grid x image_grid codes in raster order
+    dim: int = 256
+    depth: int = 4
+    heads: int = 8
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    attention: tuple[str, ...] | None = None
+    conv_kernel: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
+        _require(self.text_len >= 2, f"text_len must be >= 2, got {self.text_len}")
+        _require(self.image_vocab >= 2, f"image_vocab must be >= 2, got {self.image_vocab}")
+        _require(self.image_grid >= 1, f"image_grid must be >= 1, got {self.image_grid}")
+        _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
+        _require(
+            self.dim >= 1 and self.dim % self.heads == 0,
+            f"dim must be a positive multiple of heads={self.heads}, got {self.dim}",
+        )
+        _require(self.mlp_ratio >= 1, f"mlp_ratio must be >= 1, got {self.mlp_ratio}")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _require(
+            self.conv_kernel >= 1 and self.conv_kernel % 2 == 1,
+            f"conv_kernel must be a positive odd number, got {self.conv_kernel}",
+        )
+        # Saved configs hold the explicit pattern; JSON brings it back as a list.
+        pattern = paper_attention(self.depth) if self.attention is None else tuple(self.attention)
+        object.__setattr__(self, "attention", pattern)
+        _require(
+            len(pattern) == self.depth,
+            f"attention must name one mask per layer ({self.depth}), got {len(pattern)}",
+        )
+        bad = [k for k in pattern if k not in ATTENTION_KINDS]
+        _require(not bad, f"attention kinds must be in {ATTENTION_KINDS}, got {bad}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def image_len(self) -> int:
+        return self.image_grid**2
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_len
+
+    @property
+    def text_vocab_total(self) -> int:
+        """Text ids plus one pad token per position."""
+        return self.text_vocab + self.text_len
+
+    @property
+    def vocab_total(self) -> int:
+        """Combined output vocabulary: text ids first, then image codes."""
+        return self.text_vocab_total + self.image_vocab
+
+
+TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    # 16 caption tokens + 16x16 codes of the tiny dVAE; trains on a CPU.
+    "tiny": TransformerConfig(),
+    "small": TransformerConfig(dim=512, depth=12, heads=8),
+    # The paper's 12B model (App. B.1): 64 layers, 62 heads of 64, 256 BPE tokens (16384 ids),
+    # 32x32 codes from an 8192-code dVAE.
+    "paper": TransformerConfig(
+        text_vocab=16384,
+        text_len=256,
+        image_vocab=8192,
+        image_grid=32,
+        dim=3968,
+        depth=64,
+        heads=62,
+    ),
+}

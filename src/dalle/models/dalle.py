@@ -1,0 +1,169 @@
+"""DALL-E: one decoder-only transformer over ``[text ; image]`` tokens (Ramesh et al. 2021,
+Sec. 2.2, App. B.1).
+
+Token layout. ``text`` is ``(B, text_len)`` tokenizer ids in ``[0, text_vocab)`` with pad id 0;
+a pad at position j is embedded as its own token ``text_vocab + j``, so the text table has
+``text_vocab_total = text_vocab + text_len`` rows. Text tokens get a learned position
+embedding, image codes a learned row plus a learned column embedding. The output head covers
+one combined vocabulary of ``vocab_total`` ids: text ids (pads included) in
+``[0, text_vocab_total)``, image code ``i`` at id ``text_vocab_total + i``. Position t's logits
+predict token t + 1, so positions ``t < text_len - 1`` predict text (image ids masked to -inf)
+and the rest predict image codes (text ids masked to -inf).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.config import TransformerConfig
+from dalle.models.folder import load_component, save_component
+from dalle.models.transformer import KVCache, Transformer
+
+
+class DALLE(nn.Module):
+    """``(text, image codes) -> logits``; see the module docstring for the token layout."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text_emb = nn.Embedding(cfg.text_vocab_total, cfg.dim)
+        self.text_pos_emb = nn.Embedding(cfg.text_len, cfg.dim)
+        self.image_emb = nn.Embedding(cfg.image_vocab, cfg.dim)
+        self.row_emb = nn.Embedding(cfg.image_grid, cfg.dim)
+        self.col_emb = nn.Embedding(cfg.image_grid, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = Transformer(cfg)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_total)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith(".proj.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.depth))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    # ----- save / load -----
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+        save_component(Path(directory), self, self.cfg)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DALLE:
+        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
+        return load_component(Path(directory), TransformerConfig, cls)
+
+    def new_cache(
+        self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> KVCache:
+        """An empty cache for ``batch_size`` rows, by default in the parameters' dtype and device."""
+        p = self.head.weight
+        return KVCache.create(
+            self.cfg, batch_size, dtype=dtype or p.dtype, device=device or p.device
+        )
+
+    # ----- input checks -----
+
+    def _check_ids(self, x: torch.Tensor, name: str, high: int) -> None:
+        if x.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"expected integer {name} ids, got dtype {x.dtype}")
+        if x.numel() and bool(((x < 0) | (x >= high)).any()):
+            raise ValueError(
+                f"expected {name} ids in [0, {high}), got values in [{int(x.min())}, {int(x.max())}]"
+            )
+
+    def check_text(self, text: torch.Tensor) -> None:
+        """ValueError unless ``text`` is ``(B, text_len)`` integer ids in ``[0, text_vocab)``."""
+        n = self.cfg.text_len
+        if text.ndim != 2 or text.shape[1] != n:
+            raise ValueError(f"expected text of shape (B, {n}), got {tuple(text.shape)}")
+        self._check_ids(text, "text", self.cfg.text_vocab)
+
+    def check_image(self, image: torch.Tensor, batch: int, max_len: int) -> None:
+        """ValueError unless ``image`` is ``(batch, n <= max_len)`` codes in ``[0, image_vocab)``."""
+        if image.ndim != 2 or image.shape[0] != batch or image.shape[1] > max_len:
+            raise ValueError(
+                f"expected image codes of shape ({batch}, n <= {max_len}), got {tuple(image.shape)}"
+            )
+        self._check_ids(image, "image", self.cfg.image_vocab)
+
+    # ----- embeddings and heads -----
+
+    def text_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """``(B, text_len)`` tokenizer ids -> ids with each pad at position j as ``text_vocab + j``."""
+        pads = self.cfg.text_vocab + torch.arange(self.cfg.text_len, device=text.device)
+        return torch.where(text == 0, pads, text.long())
+
+    def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(self.cfg.text_len, device=text.device)
+        return self.text_emb(self.text_tokens(text)) + self.text_pos_emb(pos)  # (B, text_len, C)
+
+    def _embed_image(self, image: torch.Tensor, first: int) -> torch.Tensor:
+        """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``."""
+        idx = torch.arange(first, first + image.shape[1], device=image.device)
+        g = self.cfg.image_grid
+        return self.image_emb(image.long()) + self.row_emb(idx // g) + self.col_emb(idx % g)
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(..., C)`` -> logits over image codes only ``(..., image_vocab)``."""
+        o = self.cfg.text_vocab_total
+        return F.linear(h, self.head.weight[o:], self.head.bias[o:])
+
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mask the combined logits ``(B, L, V)``: text positions to text ids, the rest to codes."""
+        cfg = self.cfg
+        predicts_text = torch.arange(logits.shape[1], device=logits.device) < cfg.text_len - 1
+        is_text_id = torch.arange(cfg.vocab_total, device=logits.device) < cfg.text_vocab_total
+        allowed = predicts_text[:, None] == is_text_id[None, :]  # (L, V)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    # ----- passes -----
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> restricted logits
+        ``(B, text_len + n, vocab_total)``; position t predicts token t + 1."""
+        self.check_text(text)
+        self.check_image(image, text.shape[0], self.cfg.image_len)
+        x = torch.cat([self._embed_text(text), self._embed_image(image, 0)], dim=1)  # (B, L, C)
+        h = self.transformer(self.drop(x))
+        return self._restrict(self.head(h))  # (B, L, V)
+
+    def prefill(
+        self, text: torch.Tensor, cache: KVCache, image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fill ``cache`` from position 0 with the text and an optional image prefix
+        ``(B, n < image_len)``; returns logits ``(B, image_vocab)`` for image code n."""
+        self.check_text(text)
+        b = text.shape[0]
+        x = self._embed_text(text)
+        if image is not None:
+            self.check_image(image, b, self.cfg.image_len - 1)
+            x = torch.cat([x, self._embed_image(image, 0)], dim=1)  # (B, text_len + n, C)
+        h = self.transformer(self.drop(x), cache, 0)
+        return self.image_logits(h[:, -1])
+
+    def step(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed image code i = ``cache.pos - text_len`` for each row ``(B,)``; returns logits
+        ``(B, image_vocab)`` for code i + 1."""
+        i = cache.pos - self.cfg.text_len
+        if not 0 <= i < self.cfg.image_len - 1:
+            raise ValueError(
+                f"step feeds image codes 0 .. {self.cfg.image_len - 2} after prefill, got index {i}"
+            )
+        if codes.ndim != 1 or codes.shape[0] != cache.batch_size:
+            raise ValueError(
+                f"expected codes of shape ({cache.batch_size},), got {tuple(codes.shape)}"
+            )
+        self._check_ids(codes, "image", self.cfg.image_vocab)
+        x = self._embed_image(codes[:, None], i)  # (B, 1, C)
+        h = self.transformer(self.drop(x), cache, cache.pos)
+        return self.image_logits(h[:, -1])

@@ -1,0 +1,234 @@
+"""The DALL-E transformer body: pre-LayerNorm decoder blocks with sparse attention masks and a
+preallocated key/value cache (Ramesh et al. 2021, Sec. 2.2, App. B.1 and Fig. 11).
+
+The sequence is ``text_len`` caption tokens followed by ``grid * grid`` image tokens in raster
+order. Each layer uses one of four masks (:func:`attention_mask`); all of them are causal, so a
+cache filled position by position gives exactly the logits of one full forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.config import ATTENTION_KINDS, TransformerConfig
+
+
+def attention_mask(
+    kind: str, text_len: int, grid: int, conv_kernel: int = 5, device: torch.device | None = None
+) -> torch.Tensor:
+    """``(T, T)`` bool mask, ``True`` where query row may attend to key column; T = text_len + grid**2.
+
+    Positions are input positions: ``p < text_len`` is caption token p, ``p = text_len + i`` is
+    image token i = (r, c) = (i // grid, i % grid). A text query attends causally to text only.
+    An image query at (r, c) attends to every text token and to the image keys:
+
+    - ``full``: every earlier image token (plain causal attention);
+    - ``row``: (r, c') with c' <= c, the row so far;
+    - ``column``: (r', c) with r' <= r, the column so far;
+    - ``conv``: (r', c') with r - (k - 1) <= r' <= r and |c' - c| <= k // 2 that come no later
+      in raster order: a k-row, k-column window over the past, k = ``conv_kernel``.
+
+    Every query sees itself, so no row is empty.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
+    if text_len < 1 or grid < 1 or conv_kernel < 1 or conv_kernel % 2 == 0:
+        raise ValueError(
+            f"expected text_len >= 1, grid >= 1 and an odd conv_kernel, got {text_len}, {grid}, {conv_kernel}"
+        )
+    pos = torch.arange(text_len + grid * grid, device=device)
+    q, k = pos[:, None], pos[None, :]  # (T, 1), (1, T)
+    causal = k <= q
+    if kind == "full":
+        return causal
+    qr, qc = (q - text_len) // grid, (q - text_len) % grid  # only read for image positions
+    kr, kc = (k - text_len) // grid, (k - text_len) % grid
+    if kind == "row":
+        image_ok = (kr == qr) & (kc <= qc)
+    elif kind == "column":
+        image_ok = (kc == qc) & (kr <= qr)
+    else:
+        window = (kr >= qr - (conv_kernel - 1)) & (kr <= qr)
+        image_ok = window & ((kc - qc).abs() <= conv_kernel // 2) & causal
+    key_is_image = k >= text_len
+    image_query = ~key_is_image | image_ok  # all text, plus the allowed image keys
+    return torch.where(q >= text_len, image_query, causal)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated: ``k``, ``v`` are
+    ``(depth, B, heads, max_len, head_dim)`` and positions ``[0, pos)`` hold valid entries."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        cfg: TransformerConfig,
+        batch_size: int,
+        *,
+        max_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        max_len = cfg.seq_len if max_len is None else max_len
+        if batch_size < 1 or not 1 <= max_len <= cfg.seq_len:
+            raise ValueError(
+                f"expected batch_size >= 1 and max_len in [1, {cfg.seq_len}], got {batch_size}, {max_len}"
+            )
+        shape = (cfg.depth, batch_size, cfg.heads, max_len, cfg.head_dim)
+        return cls(
+            torch.zeros(shape, dtype=dtype, device=device),
+            torch.zeros(shape, dtype=dtype, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget every position; the buffers are kept (entries past ``pos`` are never read)."""
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` with a boolean mask."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        start: int,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``x`` (B, T, C) at positions ``[start, start + T)``; ``mask`` (T, S) rows of those
+        queries over keys ``[0, S)``; ``kv`` this layer's cache buffers (B, H, max_len, D)."""
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        if kv is not None:  # (B, H, T, D) written at [start, start + T), read back from 0
+            end = start + t
+            kv[0][:, :, start:end] = k
+            kv[1][:, :, start:end] = v
+            k, v = kv[0][:, :, :end].to(q.dtype), kv[1][:, :, :end].to(q.dtype)
+        p = self.dropout if self.training else 0.0
+        if is_causal:  # the same mask, but lets fused kernels skip reading it
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, each branch followed by dropout."""
+
+    def __init__(self, cfg: TransformerConfig, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        start: int,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, kv, start, is_causal))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """``depth`` blocks and a final LayerNorm: ``(B, T, C)`` -> ``(B, T, C)``.
+
+    The masks are non-persistent buffers, one per kind in use, rebuilt from the config.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.attention)
+        self.norm = nn.LayerNorm(cfg.dim)
+        for kind in sorted(set(cfg.attention)):
+            mask = attention_mask(kind, cfg.text_len, cfg.image_grid, cfg.conv_kernel)
+            self.register_buffer(f"mask_{kind}", mask, persistent=False)
+
+    def mask(self, kind: str) -> torch.Tensor:
+        """The ``(seq_len, seq_len)`` bool mask of ``kind``."""
+        return getattr(self, f"mask_{kind}")
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """``x`` (B, T, C): the inputs at positions ``[start, start + T)``.
+
+        Without a cache ``start`` must be 0. With one, each layer writes its keys and values at
+        ``[start, start + T)``, attends over ``[0, start + T)``, and ``cache.pos`` becomes
+        ``start + T``; ``start`` may rewind below ``cache.pos`` but never skip past it.
+        """
+        b, t, c = x.shape
+        end = start + t
+        if c != self.cfg.dim or t < 1:
+            raise ValueError(
+                f"expected x of shape (B, T >= 1, {self.cfg.dim}), got {tuple(x.shape)}"
+            )
+        if cache is None and start != 0:
+            raise ValueError(f"without a cache start must be 0, got {start}")
+        if end > self.cfg.seq_len:
+            raise ValueError(f"positions [{start}, {end}) exceed seq_len {self.cfg.seq_len}")
+        if cache is not None:
+            self._check_cache(cache, b, start, end)
+        for i, layer in enumerate(self.layers):
+            mask = self.mask(layer.kind)[start:end, :end]  # (T, S)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            causal = layer.kind == "full" and cache is None
+            x = layer(x, mask, kv, start, causal)
+        if cache is not None:
+            cache.pos = end
+        return self.norm(x)
+
+    def _check_cache(self, cache: KVCache, batch: int, start: int, end: int) -> None:
+        cfg = self.cfg
+        expected = (cfg.depth, batch, cfg.heads, cfg.head_dim)
+        got = (cache.k.shape[0], cache.k.shape[1], cache.k.shape[2], cache.k.shape[4])
+        if got != expected:
+            raise ValueError(
+                f"expected a cache of (depth, B, heads, head_dim) {expected}, got {got}"
+            )
+        if not 0 <= start <= cache.pos:
+            raise ValueError(f"start must be in [0, cache.pos={cache.pos}], got {start}")
+        if end > cache.max_len:
+            raise ValueError(f"positions up to {end} exceed the cache's max_len {cache.max_len}")

@@ -1,0 +1,157 @@
+"""Sampling image codes from the DALL-E transformer (Ramesh et al. 2021, Sec. 2.2 and 2.3).
+
+One code at a time in raster order, from ``softmax(logits / temperature)`` after optional top-k
+and nucleus (top-p) filtering. Classifier-free guidance (Ho & Salimans 2021, a later addition
+to DALL-E-style samplers) runs conditional and all-pad rows in one batch and mixes their logits
+``uncond + cond_scale * (cond - uncond)``. Priming keeps the first rows of an image as given.
+With the KV cache each new code costs one position; without it, one full forward pass (the
+baseline of ``benchmarks/sampling_speed.py``). Every random draw uses the caller's generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dalle.models.dalle import DALLE
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """A copy of ``logits`` (..., V) with all but the ``k`` largest of each row set to -inf
+    (exactly k survive; ties at the cut are broken by ``torch.topk``)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {k!r}")
+    if k >= logits.shape[-1]:
+        return logits.clone()
+    keep = logits.topk(k, dim=-1).indices
+    drop = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, keep, False)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """A copy of ``logits`` (..., V) keeping, per row, the most likely tokens whose probability
+    first reaches ``p`` (nucleus sampling); the top token is always kept, ``p = 1`` keeps all."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    if p == 1.0:
+        return logits.clone()
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = F.softmax(sorted_logits.float(), dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, cond_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + cond_scale * (cond - uncond)``."""
+    return uncond + cond_scale * (cond - uncond)
+
+
+def _check_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Draw one token per row from logits ``(B, V)`` -> ``(B,)`` long ids."""
+    _check_options(temperature, top_k, top_p)
+    if logits.ndim != 2:
+        raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def sample_codes(
+    model: DALLE,
+    text: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cond_scale: float = 1.0,
+    prime: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Generate image codes ``(B, image_len)`` for captions ``text`` (B, text_len).
+
+    ``prime`` (B, r * grid) holds the codes of the first r rows; they are returned unchanged
+    and the rest is sampled. ``cond_scale != 1`` turns on classifier-free guidance against the
+    all-pad caption. The model runs in eval mode (restored afterwards); the generator must live
+    on the model's device. The caller's tensors are never modified.
+    """
+    _check_options(temperature, top_k, top_p)
+    if not math.isfinite(cond_scale):
+        raise ValueError(f"cond_scale must be finite, got {cond_scale!r}")
+    cfg = model.cfg
+    device = model.head.weight.device
+    model.check_text(text)
+    b, n = text.shape[0], cfg.image_len
+    codes = torch.empty(b, n, dtype=torch.long, device=device)  # (B, image_len)
+    n0 = 0
+    if prime is not None:
+        model.check_image(prime, b, n)
+        n0 = prime.shape[1]
+        if n0 % cfg.image_grid:
+            raise ValueError(
+                f"expected prime of whole rows (a multiple of {cfg.image_grid} codes), got {n0}"
+            )
+        codes[:, :n0] = prime.to(device)
+    if n0 == n:
+        return codes
+
+    guided = cond_scale != 1.0
+    text = text.to(device).long()
+    if guided:  # rows [0, B) conditional, [B, 2B) unconditional
+        text = torch.cat([text, torch.zeros_like(text)])  # (2B, text_len)
+
+    def both(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x]) if guided else x
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:  # (B or 2B, image_vocab) -> (B,)
+        if guided:
+            logits = guide(logits[:b].float(), logits[b:].float(), cond_scale)
+        return sample_next(
+            logits, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+
+    was_training = model.training
+    model.eval()
+    try:
+        if use_cache:
+            cache = model.new_cache(text.shape[0])
+            prefix = both(codes[:, :n0]) if n0 else None
+            logits = model.prefill(text, cache, prefix)  # (B or 2B, image_vocab)
+            for i in range(n0, n):
+                codes[:, i] = draw(logits)
+                if i < n - 1:
+                    logits = model.step(both(codes[:, i]), cache)
+        else:
+            o = cfg.text_vocab_total
+            for i in range(n0, n):
+                logits = model(text, both(codes[:, :i]))[:, -1, o:]  # full pass every step
+                codes[:, i] = draw(logits)
+    finally:
+        model.train(was_training)
+    return codes

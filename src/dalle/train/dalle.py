@@ -1,0 +1,57 @@
+"""The DALL-E transformer objective (Ramesh et al. 2021, Sec. 2.2): cross entropy of the next
+token, averaged separately over text and image targets and weighted 1/8 and 7/8.
+
+Text targets are caption tokens 1 .. text_len - 1 (the first token has no predecessor), pads
+included as their per-position ids; image targets are all given image codes. Caption dropout
+(whole captions replaced by pads) trains the unconditional model that classifier-free guidance
+in ``dalle.sampling`` mixes with the conditional one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dalle.models.dalle import DALLE
+
+
+def dalle_loss(
+    model: DALLE,
+    text: torch.Tensor,
+    image: torch.Tensor,
+    text_weight: float = 1 / 8,
+    image_weight: float = 7 / 8,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``text`` (B, text_len), ``image`` (B, n >= 1) codes -> ``(loss, {"text_loss", "image_loss"})``.
+
+    ``loss = text_weight * text_loss + image_weight * image_loss``; the metrics are the two
+    means in nats, as floats. The last image code is only a target, so the model sees
+    ``image[:, :-1]``.
+    """
+    if image.ndim != 2 or image.shape[1] < 1:
+        raise ValueError(f"expected image codes of shape (B, n >= 1), got {tuple(image.shape)}")
+    if text_weight < 0 or image_weight < 0:
+        raise ValueError(f"expected weights >= 0, got {text_weight}, {image_weight}")
+    cfg = model.cfg
+    t, o = cfg.text_len, cfg.text_vocab_total
+    logits = model(text, image[:, :-1])  # (B, text_len + n - 1, V)
+    # The head already masks the other modality to -inf, so slicing it away changes nothing.
+    text_logits = logits[:, : t - 1, :o]  # (B, text_len - 1, text_vocab_total)
+    image_logits = logits[:, t - 1 :, o:]  # (B, n, image_vocab)
+    text_targets = model.text_tokens(text)[:, 1:]
+    text_loss = F.cross_entropy(text_logits.float().flatten(0, 1), text_targets.flatten())
+    image_loss = F.cross_entropy(image_logits.float().flatten(0, 1), image.long().flatten())
+    loss = text_weight * text_loss + image_weight * image_loss
+    return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
+
+
+def caption_dropout(
+    text: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A copy of ``text`` (B, text_len) with each whole row, with probability ``p``, set to pads (0)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"caption dropout p must be in [0, 1], got {p}")
+    if text.ndim != 2:
+        raise ValueError(f"expected text of shape (B, text_len), got {tuple(text.shape)}")
+    drop = torch.rand(text.shape[0], generator=generator, device=text.device) < p  # (B,)
+    return torch.where(drop[:, None], torch.zeros_like(text), text)

@@ -1,0 +1,142 @@
+"""Sampling: filters never let an excluded token through, draws follow the softmax, seeds
+reproduce codes, the cache changes nothing, guidance and priming behave, inputs stay intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dalle.config import TransformerConfig
+from dalle.models.dalle import DALLE
+from dalle.sampling import guide, sample_codes, sample_next, top_k_filter, top_p_filter
+
+CFG = TransformerConfig(
+    text_vocab=20, text_len=4, image_vocab=12, image_grid=3, dim=32, depth=2, heads=4,
+    attention=("row", "conv"), conv_kernel=3,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model() -> DALLE:
+    torch.manual_seed(0)
+    m = DALLE(CFG).eval()
+    with torch.no_grad():  # sharper logits than the 0.02 init, and captions that matter
+        m.head.weight.mul_(5)
+        m.text_emb.weight.mul_(30)
+    return m
+
+
+@pytest.fixture
+def text() -> torch.Tensor:
+    return torch.tensor([[3, 5, 0, 0], [7, 1, 2, 9], [4, 0, 0, 0]])
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.randn(2000, 10, generator=gen(1))
+    before = logits.clone()
+    filtered = top_k_filter(logits, 3)
+    assert torch.equal(logits, before)
+    assert (torch.isfinite(filtered).sum(-1) == 3).all()
+    top3 = logits.topk(3, dim=-1).indices
+    draws = sample_next(logits, generator=gen(), top_k=3)
+    assert (draws[:, None] == top3).any(-1).all()
+    assert torch.equal(top_k_filter(logits, 50), logits)
+
+
+def test_top_p_keeps_the_nucleus():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log().expand(4000, 4)
+    kept = torch.isfinite(top_p_filter(logits[:1], 0.7))[0]
+    assert kept.tolist() == [False, True, False, True]  # 0.5 < 0.7, then 0.8 >= 0.7
+    draws = sample_next(logits, generator=gen(), top_p=0.7)
+    assert set(draws.tolist()) == {1, 3}
+    only_top = sample_next(logits, generator=gen(), top_p=1e-6)
+    assert (only_top == 1).all()  # the top token is always kept
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+    both = sample_next(logits, generator=gen(), top_k=3, top_p=0.9)
+    assert set(both.tolist()) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_draws_follow_softmax(temperature):
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
+    n = 40000
+    draws = sample_next(logits.expand(n, 5), generator=gen(3), temperature=temperature)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    expected = F.softmax(logits / temperature, dim=-1)
+    assert (freq - expected).abs().max() < 0.01
+
+
+def test_same_seed_same_codes_and_cache_changes_nothing(model, text):
+    a = sample_codes(model, text, generator=gen(5))
+    b = sample_codes(model, text, generator=gen(5))
+    c = sample_codes(model, text, generator=gen(5), use_cache=False)
+    assert a.shape == (3, CFG.image_len) and a.dtype == torch.long
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not torch.equal(a, sample_codes(model, text, generator=gen(6)))
+
+
+def test_top_k_one_is_greedy(model, text):
+    codes = sample_codes(model, text, generator=gen(), top_k=1)
+    o = CFG.text_vocab_total
+    for i in range(CFG.image_len):
+        logits = model(text, codes[:, :i])[:, -1, o:]
+        assert torch.equal(codes[:, i], logits.argmax(-1))
+
+
+def test_guidance(model, text):
+    plain = sample_codes(model, text, generator=gen(7))
+    assert torch.equal(plain, sample_codes(model, text, generator=gen(7), cond_scale=1.0))
+    # scale 0 leaves only the unconditional rows: the same draws as all-pad captions
+    uncond = sample_codes(model, text, generator=gen(7), cond_scale=0.0)
+    pads = sample_codes(model, torch.zeros_like(text), generator=gen(7))
+    assert torch.equal(uncond, pads) and not torch.equal(uncond, plain)
+    guided = sample_codes(model, text, generator=gen(7), cond_scale=3.0)
+    assert not torch.equal(guided, plain)
+    slow = sample_codes(model, text, generator=gen(7), cond_scale=3.0, use_cache=False)
+    assert torch.equal(guided, slow)
+    cond, un = torch.randn(2, 5), torch.randn(2, 5)
+    torch.testing.assert_close(guide(cond, un, 3.0), un + 3.0 * (cond - un))
+
+
+def test_priming_keeps_rows_and_inputs_stay_intact(model, text):
+    prime = torch.randint(0, CFG.image_vocab, (3, CFG.image_grid), generator=gen(8))
+    text_copy, prime_copy = text.clone(), prime.clone()
+    model.train()
+    codes = sample_codes(model, text, generator=gen(9), prime=prime, cond_scale=2.0)
+    assert model.training  # mode restored
+    model.eval()
+    assert torch.equal(text, text_copy) and torch.equal(prime, prime_copy)
+    assert torch.equal(codes[:, : CFG.image_grid], prime)
+    slow = sample_codes(model, text, generator=gen(9), prime=prime, cond_scale=2.0, use_cache=False)
+    assert torch.equal(codes, slow)
+    full = torch.randint(0, CFG.image_vocab, (3, CFG.image_len), generator=gen(8))
+    out = sample_codes(model, text, prime=full)
+    assert torch.equal(out, full) and out.data_ptr() != full.data_ptr()
+
+
+def test_bad_inputs_raise(model, text):
+    cases = [
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(cond_scale=float("inf")), "cond_scale"),
+        (dict(prime=torch.zeros(3, 2, dtype=torch.long)), "whole rows"),
+        (dict(prime=torch.zeros(2, 3, dtype=torch.long)), r"shape \(3, n <= 9\)"),
+        (dict(prime=torch.full((3, 3), 12)), r"image ids in \[0, 12\)"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sample_codes(model, text, **kwargs)
+    with pytest.raises(ValueError, match=r"text of shape \(B, 4\)"):
+        sample_codes(model, text[:, :2])
+    with pytest.raises(ValueError, match=r"logits of shape \(B, V\)"):
+        sample_next(torch.zeros(5))
