@@ -230,6 +230,68 @@ def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 6
 
 
+def test_image_patches_are_raster_order_blocks():
+    from dalle.train.vae import image_patches
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    p = image_patches(x, 4)  # (2 * 2 * 2, 3 * 16)
+    assert p.shape == (8, 48)
+    # patch 3 = image 0, grid row 1, column 1: pixels [4:8, 4:8] of every channel
+    assert torch.equal(p[3], x[0, :, 4:8, 4:8].reshape(-1))
+    assert torch.equal(p[5], x[1, :, 0:4, 4:8].reshape(-1))
+
+
+def test_kmeans_finds_separated_clusters():
+    from dalle.train.vae import kmeans
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in truth])
+    found = kmeans(points, 3, iters=20, generator=torch.Generator().manual_seed(1))
+    nearest = torch.cdist(truth, found).min(dim=1).values
+    assert (nearest < 0.1).all(), found
+    with pytest.raises(ValueError, match="at least k=5 points"):
+        kmeans(points[:4], 5, iters=1)
+
+
+def test_warm_start_codes_are_nearest_patch_centres(images):
+    from dalle.train.vae import PatchCodeObjective, image_patches, patch_codebook
+
+    vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
+    cfg = VAETrainConfig(steps=10, warm_start_steps=10, kmeans_iters=5)
+    centres = patch_codebook(images, cfg, vae, torch.Generator().manual_seed(0))
+    assert centres.shape == (32, 3 * 4 * 4)
+    objective = PatchCodeObjective(cfg, centres)
+    codes = objective.codes(vae, images)  # (B, 16, 16)
+    patches = image_patches(images, 4)
+    by_hand = ((patches[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(codes.flatten(), by_hand)
+    loss, metrics = objective(vae, images, 0)
+    assert loss.requires_grad and {"recon", "code_ce", "psnr"} <= set(metrics)
+
+
+def test_warm_start_then_elbo_trains_and_numbers_steps_once(images, tmp_path):
+    import json
+
+    from dalle.train.vae import train_vae
+
+    torch.manual_seed(0)
+    vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
+    before = psnr(vae.decode(vae.encode(images)), images)
+    cfg = VAETrainConfig(
+        steps=50, warm_start_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, kmeans_images=16
+    )
+    train_vae(
+        vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=25, progress=False
+    )
+    after = psnr(vae.decode(vae.encode(images)), images)
+    assert after > before + 3, (before, after)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 51, 10))  # one numbering across both phases
+    assert (tmp_path / "recon_000025.png").is_file() and (tmp_path / "recon_000050.png").is_file()
+    assert VAEObjective(cfg).tau(10) == pytest.approx(1 / 16)  # annealed over the ELBO phase
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     vae = DiscreteVAE(TINY)
     vae.save(tmp_path / "vae")

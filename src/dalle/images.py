@@ -60,3 +60,39 @@ def contact_sheet(images: list[Image.Image], columns: int = 8, pad: int = 2) -> 
         r, c = divmod(k, columns)
         sheet.paste(im, (pad + c * (w + pad), pad + r * (h + pad)))
     return sheet
+
+
+def captioned_grid(
+    rows: list[list[Image.Image]], captions: list[str], pad: int = 2, caption_width: int = 240
+) -> Image.Image:
+    """One row per caption: the caption text on the left, then that row's images."""
+    from PIL import ImageDraw
+
+    if not rows or len(rows) != len(captions):
+        raise ValueError(
+            f"captioned_grid needs one caption per row, got {len(captions)} for {len(rows)}"
+        )
+    w, h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    row_h = max(h, 12)
+    sheet = Image.new(
+        "RGB",
+        (caption_width + cols * (w + pad) + pad, len(rows) * (row_h + pad) + pad),
+        (32, 32, 32),
+    )
+    draw = ImageDraw.Draw(sheet)
+    for r, (images, text) in enumerate(zip(rows, captions, strict=True)):
+        y = pad + r * (row_h + pad)
+        words, line, lines = text.split(), "", []
+        for word in words:  # wrap at ~38 characters per line of the default bitmap font
+            if line and len(line) + 1 + len(word) > 38:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
+        for i, part in enumerate(lines[: max(1, row_h // 11)]):
+            draw.text((4, y + 2 + 11 * i), part, fill=(230, 230, 230))
+        for c, im in enumerate(images):
+            sheet.paste(im, (caption_width + pad + c * (w + pad), y))
+    return sheet

@@ -1,43 +1,171 @@
-"""``dalle demo``: the README's first command. For now it writes a sample of the built-in
-captioned-shapes dataset and a contact sheet of it; later stages add training and generation."""
+"""``dalle demo``: the README's first command. On the built-in shapes dataset it trains the
+tokenizer, the dVAE and the transformer within a time budget, saves ``OUT/model/`` (loadable by
+``dalle generate``), draws a fixed set of prompts (some with held-out colour-shape pairs) into
+``OUT/samples.png`` and writes ``OUT/report.json``: timings, dVAE PSNR and the shapes checker's
+prompt fidelity, seen and held-out separately."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_int
+from dalle.cli.common import non_negative_int, positive_float
+
+# Shares of the budget; the rest (a little) is for the tokenizer and the final samples.
+VAE_SHARE = 0.42
+ENCODE_PER_SECOND = 30  # images to encode per second of budget (at most 16 000)
+TRANSFORMER_SHARE = 0.45
+PROMPTS = (
+    "a large red circle in the top left",
+    "a small blue square at the bottom",
+    "a yellow triangle in the center",
+    "a large magenta diamond on the right",
+    "a cyan circle and a small white triangle at the top",
+    "a large green square in the bottom right",
+    "a small orange triangle on the left and a blue circle in the bottom right",
+    "a large white circle at the bottom",
+    # held-out colour-shape pairs: never seen in training
+    "a large green triangle in the center",
+    "a small orange circle in the top right",
+    "a blue diamond on the left",
+    "a large white square at the top",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the end-to-end demo on the built-in shapes dataset",
-        description="Write a sample of the captioned-shapes dataset (train and holdout splits) "
-        "to OUT/data/{train,holdout}/ and a captioned contact sheet to OUT/shapes.png.",
+        help="train everything on the built-in shapes dataset and draw prompts (minutes on a CPU)",
+        description="Train a tokenizer, a dVAE and a transformer on the built-in captioned-shapes "
+        "dataset within --minutes, then generate a fixed set of prompts. Writes OUT/model/, "
+        "OUT/samples.png, OUT/report.json and the training runs in OUT/runs/.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    p.add_argument("--num", type=positive_int, default=64, help="samples per split")
+    p.add_argument("--minutes", type=positive_float, default=9.0, help="total time budget")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dalle.data.shapes import make_sample, write_folder
-    from dalle.images import contact_sheet, png_bytes
-    from dalle.io import write_bytes_atomic
+    import torch
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "holdout"):
-        write_folder(args.out / "data" / split, split, args.num, args.seed, force=True)
-    images = [
-        make_sample(args.seed, split, i).image for split in ("train", "holdout") for i in range(32)
-    ]
-    write_bytes_atomic(args.out / "shapes.png", png_bytes(contact_sheet(images, columns=8)))
-    print(
-        f"wrote {args.out}/data/train, {args.out}/data/holdout and {args.out}/shapes.png "
-        "(top 4 rows: train split; bottom 4: held-out colour-shape pairs)"
+    from dalle.cli.generate import write_outputs
+    from dalle.cli.train import encode_data, fit_transformer
+    from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, VAETrainConfig
+    from dalle.data.batches import endless_batches
+    from dalle.data.shapes import ShapesStream, collate, make_sample
+    from dalle.eval.shapes import fidelity
+    from dalle.eval.vae import evaluate_vae
+    from dalle.io import prepare_output_dir, write_json_atomic
+    from dalle.models.vae import DiscreteVAE
+    from dalle.pipeline import DallePipeline
+    from dalle.tokenizer import Tokenizer
+    from dalle.train.dalle import DalleTrainConfig
+    from dalle.train.loop import steps_for_budget
+    from dalle.train.vae import VAEObjective, shapes_eval_set, train_vae
+
+    budget = args.minutes * 60
+    reusable = args.out.is_dir() and (args.out / "report.json").is_file()  # an earlier demo
+    out = prepare_output_dir(args.out, force=args.force or reusable)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 1)
+        return now
+
+    t = time.perf_counter()
+    captions = [make_sample(args.seed, "train", i).caption for i in range(4000)]
+    tokenizer = Tokenizer.train(captions, vocab_size=1024)
+    t = lap("tokenizer_s", t)
+
+    # Stage 1: the dVAE, with the default recipe cut to its share of the budget.
+    print(f"[1/4] dVAE: {VAE_SHARE * budget:.0f} s on the shapes train split", flush=True)
+    torch.manual_seed(args.seed)
+    vae = DiscreteVAE(VAE_PRESETS["tiny"])
+    recipe = VAETrainConfig(seed=args.seed)
+    batches = endless_batches(ShapesStream("train", seed=args.seed), recipe.batch_size, collate)
+    images = (b["image"] for b in batches)
+    steps = steps_for_budget(vae, VAEObjective(recipe), images, VAE_SHARE * budget * 0.97)
+    recipe = dataclasses.replace(recipe, steps=min(steps, 4 * recipe.steps))
+    eval_images, eval_captions = shapes_eval_set()
+    train_vae(vae, recipe, images, out / "runs" / "vae", eval_images[:16], save_every=10**9)
+    vae_report = evaluate_vae(vae, eval_images, eval_captions)
+    t = lap("vae_s", t)
+
+    # Stage 2: encode a pool of training images once.
+    num = min(16000, max(512, int(ENCODE_PER_SECOND * budget)))
+    print(f"[2/4] encoding {num} images with the dVAE", flush=True)
+    tokens = encode_data(vae, "shapes", num, 128, seed=args.seed)
+    t = lap("encode_s", t)
+
+    # Stage 3: the transformer, on what is left of its share.
+    left = budget - (time.perf_counter() - t_start)
+    seconds = min(TRANSFORMER_SHARE * budget, left - 0.08 * budget)
+    print(f"[3/4] transformer: {seconds:.0f} s", flush=True)
+    model_cfg = TRANSFORMER_PRESETS["tiny"]
+    train_cfg = DalleTrainConfig(seed=args.seed)
+    steps = _transformer_steps(model_cfg, train_cfg, tokenizer, vae, tokens, seconds)
+    train_cfg = dataclasses.replace(train_cfg, steps=steps)
+    fit_transformer(
+        vae, tokens, tokenizer, model_cfg, train_cfg, out / "runs" / "transformer", 10**9
     )
-    for i in range(4):
-        print(f"  {make_sample(args.seed, 'train', i).caption}")
+    t = lap("transformer_s", t)
+
+    # Stage 4: the saved pipeline draws the demo prompts.
+    print(f"[4/4] drawing {len(PROMPTS)} prompts x 4 images", flush=True)
+    pipe = DallePipeline.from_pretrained(out / "runs" / "transformer" / "model")
+    pipe.save_pretrained(out / "model")
+    samples = pipe(list(PROMPTS), num_images=4, seed=args.seed)
+    write_outputs(out / "samples", list(PROMPTS), samples, 4, args.seed)
+    (out / "samples.png").write_bytes((out / "samples" / "grid.png").read_bytes())
+    fid = fidelity(zip([p for p in PROMPTS for _ in range(4)], samples, strict=True))
+    lap("generate_s", t)
+    timings["total_s"] = round(time.perf_counter() - t_start, 1)
+
+    report = {
+        "timings": timings,
+        "vae": {
+            "steps": recipe.steps,
+            "psnr": round(vae_report["psnr"], 2),
+            "codebook_usage": round(vae_report["codebook_usage"], 3),
+            "reconstruction_fidelity": vae_report["fidelity"],
+        },
+        "transformer": {
+            "steps": train_cfg.steps,
+            "config": dataclasses.asdict(pipe.transformer.cfg),
+        },
+        "fidelity": fid,
+        "prompts": list(PROMPTS),
+    }
+    write_json_atomic(out / "report.json", report)
+    seen, held = fid["seen"], fid["held_out"]
+    print(
+        f"done in {timings['total_s']:.0f} s: dVAE {vae_report['psnr']:.1f} dB; prompt fidelity "
+        f"seen {100 * seen:.0f} %, held-out {100 * held:.0f} %. Images: {out}/samples.png; "
+        f"model: {out}/model (try: dalle generate --model {out}/model 'a red circle' --out gen)"
+    )
     return 0
+
+
+def _transformer_steps(model_cfg, train_cfg, tokenizer, vae, tokens, seconds: float) -> int:
+    """Steps of the transformer objective that fit in ``seconds`` on this machine."""
+
+    from dalle.data.tokens import token_batches
+    from dalle.models.dalle import DALLE
+    from dalle.train.dalle import DalleObjective
+    from dalle.train.loop import steps_for_budget
+
+    cfg = dataclasses.replace(
+        model_cfg,
+        text_vocab=tokenizer.vocab_size,
+        image_vocab=vae.cfg.vocab_size,
+        image_grid=vae.cfg.grid_size,
+    )
+    text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
+    batches = token_batches(text, tokens.codes[:256], train_cfg.batch_size)
+    return steps_for_budget(DALLE(cfg), DalleObjective(train_cfg), batches, seconds)

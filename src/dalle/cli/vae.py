@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--usage-weight", type=float, help="weight of the batch code-usage term")
     p.add_argument(
+        "--warm-start-steps",
+        type=non_negative_int,
+        help="first steps trained on k-means patch codes before the relaxed ELBO (0: none)",
+    )
+    p.add_argument(
         "--straight-through",
         action="store_true",
         default=None,
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "recon": args.recon,
         "tau_anneal_steps": args.tau_anneal_steps,
         "usage_weight": args.usage_weight,
+        "warm_start_steps": args.warm_start_steps,
         "straight_through": args.straight_through,
         "seed": args.seed,
     }

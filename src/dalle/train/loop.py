@@ -72,8 +72,10 @@ def train(
     callbacks: list[Callback] = (),  # type: ignore[assignment]
     desc: str = "train",
     progress: bool = True,
+    step_offset: int = 0,
 ) -> dict[str, float]:
-    """Run ``cfg.steps`` optimisation steps; returns the last logged metrics."""
+    """Run ``cfg.steps`` optimisation steps; returns the last logged metrics. ``step_offset``
+    shifts the step numbers that metrics and callbacks see (a later phase of one run)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(model, cfg)
@@ -100,7 +102,7 @@ def train(
             if done % cfg.log_every == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - t0
                 last = {
-                    "step": done,
+                    "step": step_offset + done,
                     "loss": float(loss.detach()),
                     "lr": lr,
                     "elapsed_s": round(elapsed, 2),
@@ -115,7 +117,33 @@ def train(
             for cb in callbacks:
                 if done % cb.every == 0 or done == cfg.steps:
                     model.eval()
-                    cb.fn(done)
+                    cb.fn(step_offset + done)
                     model.train()
     model.eval()
     return last
+
+
+def steps_for_budget(
+    model: torch.nn.Module,
+    objective: Objective,
+    batches: Iterator[Any],
+    seconds: float,
+    probe: int = 6,
+    at_least: int = 10,
+) -> int:
+    """How many steps of ``objective`` fit in ``seconds``: times ``probe`` steps (after one
+    warm-up step) on a throwaway copy of ``model``, so the model itself is untouched."""
+    import copy
+
+    trial = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(trial.parameters(), lr=0.0)
+    t0 = 0.0
+    for i in range(probe + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss, _ = objective(trial, next(batches), 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    per_step = (time.perf_counter() - t0) / probe
+    return max(at_least, int(seconds / per_step))

@@ -8,6 +8,7 @@ pixels and over latent positions are both divided by ``B * C * H * W``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +48,14 @@ def batch_usage_kl(logits: torch.Tensor) -> torch.Tensor:
     return (mean_q * mean_q.clamp_min(1e-12).log()).sum() + math.log(logits.shape[1])
 
 
+def reconstruction_loss(kind: str, stats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-sub-pixel loss ``(B, C, H, W)``: logit-Laplace NLL, or squared error in the mapped
+    space taken before ``unmap_pixels``' clamp (which has no gradient)."""
+    if kind == "logit_laplace":
+        return logit_laplace_nll(stats, images)
+    return (torch.sigmoid(stats[:, : images.shape[1]]) - map_pixels(images)) ** 2
+
+
 class VAEObjective:
     """``(model, images, step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`."""
 
@@ -55,7 +64,8 @@ class VAEObjective:
         self.generator = generator
 
     def tau(self, step: int) -> float:
-        steps = self.cfg.tau_anneal_steps or self.cfg.steps
+        """``step`` counts from the start of the relaxed phase (after any warm start)."""
+        steps = self.cfg.tau_anneal_steps or self.cfg.steps - self.cfg.warm_start_steps
         return cosine_ramp(step, steps, self.cfg.tau_start, self.cfg.tau_end)
 
     def beta(self, step: int) -> float:
@@ -66,11 +76,7 @@ class VAEObjective:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         tau, beta = self.tau(step), self.beta(step)
         out = model(images, tau=tau, hard=self.cfg.straight_through, generator=self.generator)
-        if self.cfg.recon == "logit_laplace":
-            recon = logit_laplace_nll(out["stats"], images)
-        else:
-            # Squared error in the mapped space, before unmap's clamp (which has no gradient).
-            recon = (torch.sigmoid(out["stats"][:, : images.shape[1]]) - map_pixels(images)) ** 2
+        recon = reconstruction_loss(self.cfg.recon, out["stats"], images)
         if beta > 0:
             kl = kl_to_uniform(out["logits"])
         else:  # reported, but no backward pass through a term weighted 0
@@ -101,6 +107,76 @@ def shapes_eval_set(n: int = 256, seed: int = 1_000_003) -> tuple[torch.Tensor, 
     samples = [make_sample(seed, "train", i) for i in range(n - n // 2)]
     samples += [make_sample(seed, "holdout", i) for i in range(n // 2)]
     return torch.stack([image_to_tensor(s.image) for s in samples]), [s.caption for s in samples]
+
+
+def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B * H/size * W/size, C * size * size)``, patches in raster order."""
+    b, c, _, _ = images.shape
+    p = images.unfold(2, size, size).unfold(3, size, size)  # (B, C, h, w, size, size)
+    return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * size * size)
+
+
+def kmeans(
+    points: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Lloyd's k-means of ``points`` (N, D) from ``k`` random points; an empty cluster restarts
+    at a random point. Returns the centres ``(k, D)``."""
+    if len(points) < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {len(points)}")
+    centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(points, centres).argmin(dim=1)  # (N,)
+        counts = torch.bincount(assign, minlength=k).to(points.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        restart = points[torch.randint(len(points), (k,), generator=generator)]
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], restart)
+    return centres
+
+
+def patch_codebook(
+    images: torch.Tensor, cfg: VAETrainConfig, vae: DiscreteVAE, generator: torch.Generator
+) -> torch.Tensor:
+    """k-means centres ``(K, C * d * d)`` of the ``d x d`` pixel patches (d = the dVAE's
+    downsampling) of ``images``. Flat patches are thinned to a quarter of the others so that an
+    empty background does not take most of the codebook."""
+    patches = image_patches(images, vae.cfg.downsample)
+    flat = (patches.amax(1) - patches.amin(1)) < 1e-3
+    keep = max(int((~flat).sum()) // 4, 1)
+    flat_rows = patches[flat][torch.randperm(int(flat.sum()), generator=generator)[:keep]]
+    points = torch.cat([patches[~flat], flat_rows])
+    return kmeans(points, vae.cfg.vocab_size, cfg.kmeans_iters, generator)
+
+
+class PatchCodeObjective:
+    """Warm start: the k-means code of each pixel patch is the target of the encoder (cross
+    entropy) and the input of the decoder (reconstruction loss against the image). Encoder and
+    decoder learn one shared, informative code from the first step; the relaxed ELBO then
+    refines it. ``(model, images, step) -> (loss, metrics)``."""
+
+    def __init__(self, cfg: VAETrainConfig, centres: torch.Tensor, ce_weight: float = 0.01):
+        self.cfg, self.centres, self.ce_weight = cfg, centres, ce_weight
+
+    def codes(self, vae: DiscreteVAE, images: torch.Tensor) -> torch.Tensor:
+        """The nearest centre of each patch, ``(B, h, w)``."""
+        n = vae.cfg.grid_size
+        patches = image_patches(images, vae.cfg.downsample)
+        return torch.cdist(patches, self.centres).argmin(dim=1).view(-1, n, n)
+
+    def __call__(
+        self, model: DiscreteVAE, images: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        codes = self.codes(model, images)
+        ce = F.cross_entropy(model.logits(images), codes)
+        stats = model.decoder.forward_codes(codes)
+        recon = reconstruction_loss(self.cfg.recon, stats, images)
+        loss = recon.mean() + self.ce_weight * ce
+        with torch.no_grad():
+            mse = F.mse_loss(model.reconstruction(stats), images).item()
+        return loss, {
+            "recon": recon.mean().item(),
+            "code_ce": ce.item(),
+            "psnr": -10 * math.log10(max(mse, 1e-10)),
+        }
 
 
 def reconstruction_grid(vae: DiscreteVAE, images: torch.Tensor, columns: int = 8):
@@ -152,19 +228,22 @@ def train_vae(
         )
 
     images = (batch["image"] if isinstance(batch, dict) else batch for batch in batches)
-    if cfg.init_spread > 0:
+    callbacks = [Callback(save_every, save)]
+    warm = cfg.warm_start_steps
+    if warm:
+        pool = torch.cat([next(images) for _ in range(-(-cfg.kmeans_images // cfg.batch_size))])
+        objective = PatchCodeObjective(cfg, patch_codebook(pool, cfg, vae, generator))
+        phase = replace(optim, steps=warm)
+        last = train(vae, objective, images, phase, run_dir, callbacks, "dVAE warm start", progress)
+        if warm == cfg.steps:
+            return last
+    elif cfg.init_spread > 0:
         init_batch = torch.cat([next(images) for _ in range(max(1, 64 // cfg.batch_size))])
         init_codebook_logits(vae, init_batch, cfg.init_spread, generator)
-    return train(
-        vae,
-        VAEObjective(cfg, generator),
-        images,
-        optim,
-        run_dir,
-        [Callback(save_every, save)],
-        "train-vae",
-        progress,
-    )
+    rest = cfg.steps - warm
+    phase = replace(optim, steps=rest, warmup_steps=min(cfg.warmup_steps, rest))
+    elbo = VAEObjective(cfg, generator)
+    return train(vae, elbo, images, phase, run_dir, callbacks, "dVAE", progress, step_offset=warm)
 
 
 @torch.no_grad()

@@ -1,0 +1,192 @@
+"""``dalle encode`` (images -> a token file, once) and ``dalle train`` (the transformer)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from dalle.cli.common import non_negative_int, positive_float, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "encode",
+        help="encode images into dVAE tokens once (a token file for `dalle train`)",
+        description="Run the dVAE encoder over a dataset once and write a token file: codes "
+        "(N, h*w) and one caption per image, in one safetensors file.",
+    )
+    e.add_argument("--vae", type=Path, required=True, help="train-vae run folder or its model/")
+    _data_args(e)
+    e.add_argument("--out", type=Path, required=True, help="token file to write")
+    e.add_argument("--force", action="store_true", help="overwrite an existing token file")
+    e.set_defaults(func=run_encode)
+
+    t = sub.add_parser(
+        "train",
+        help="train the DALL-E transformer (stage 2) on dVAE tokens",
+        description="Train the transformer on [caption ; image codes]. Writes RUN/model/ (a "
+        "pipeline folder for `dalle generate`), RUN/metrics.jsonl and sample grids "
+        "RUN/samples_*.png.",
+    )
+    t.add_argument("--vae", type=Path, required=True, help="train-vae run folder or its model/")
+    t.add_argument("--tokens", type=Path, help="token file from `dalle encode` (else --data)")
+    _data_args(t, required=False)
+    t.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one)")
+    t.add_argument("--out", type=Path, required=True, help="run folder (empty unless --force)")
+    t.add_argument("--preset", default="tiny", help="transformer preset: tiny or small")
+    t.add_argument("--steps", type=positive_int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
+    t.add_argument("--seed", type=non_negative_int, default=0)
+    t.add_argument("--save-every", type=positive_int, default=500)
+    t.add_argument("--force", action="store_true", help="write into a non-empty run folder")
+    t.set_defaults(func=run_train)
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data", required=required, help="'shapes' (built-in, train split) or an image+.txt folder"
+    )
+    p.add_argument(
+        "--num", type=positive_int, default=20000, help="images to take from --data shapes"
+    )
+    p.add_argument("--batch-size-encode", type=positive_int, default=64, help=argparse.SUPPRESS)
+
+
+def vae_dir(path: Path) -> Path:
+    """A dVAE folder given a train-vae run, its ``model/`` or a pipeline folder."""
+    for candidate in (path, path / "model", path / "vae"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ValueError(f"{path}: no dVAE here (expected config.json in it, in model/ or in vae/)")
+
+
+def image_batches(data: str, image_size: int, num: int, batch_size: int, seed: int = 0) -> Iterator:
+    """``(images (B, C, H, W), captions)`` over ``num`` shapes samples or a whole folder."""
+    import torch
+
+    from dalle.data.folder import ImageFolderDataset
+    from dalle.data.shapes import CANVAS, make_sample
+    from dalle.images import image_to_tensor
+
+    if data == "shapes":
+        if image_size != CANVAS:
+            raise ValueError(f"--data shapes has {CANVAS} px images; the dVAE expects {image_size}")
+        for start in range(0, num, batch_size):
+            samples = [
+                make_sample(seed, "train", i) for i in range(start, min(num, start + batch_size))
+            ]
+            yield (
+                torch.stack([image_to_tensor(s.image) for s in samples]),
+                [s.caption for s in samples],
+            )
+    else:
+        dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
+
+
+def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
+    """Encode a dataset with a progress bar; returns a :class:`dalle.data.tokens.TokenSet`."""
+    from tqdm import tqdm
+
+    from dalle.data.tokens import encode_pairs
+
+    batches = image_batches(data, vae.cfg.image_size, num, batch_size, seed)
+    return encode_pairs(vae, tqdm(batches, desc="encode", unit="batch", dynamic_ncols=True))
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from dalle.models.vae import DiscreteVAE
+
+    if args.out.exists() and not args.force:
+        raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+    vae = DiscreteVAE.load(vae_dir(args.vae))
+    tokens = encode_data(vae, args.data, args.num, args.batch_size_encode)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tokens.save(args.out)
+    print(f"wrote {len(tokens)} token rows ({tokens.grid}x{tokens.grid} codes) to {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dalle.config import TRANSFORMER_PRESETS, preset
+    from dalle.data.tokens import TokenSet
+    from dalle.io import prepare_output_dir
+    from dalle.models.vae import DiscreteVAE
+    from dalle.tokenizer import Tokenizer
+    from dalle.train.dalle import DalleTrainConfig
+
+    if (args.tokens is None) == (args.data is None):
+        raise ValueError("give exactly one of --tokens FILE or --data shapes|DIR")
+    vae = DiscreteVAE.load(vae_dir(args.vae))
+    tokens = (
+        TokenSet.load(args.tokens)
+        if args.tokens
+        else encode_data(vae, args.data, args.num, args.batch_size_encode)
+    )
+    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "caption_dropout": args.caption_dropout,
+        "seed": args.seed,
+    }
+    train_cfg = dataclasses.replace(
+        DalleTrainConfig(), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    out = prepare_output_dir(args.out, force=args.force)
+    model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
+    report = fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every)
+    print(json.dumps(report))
+    return 0
+
+
+def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, save_every: int):
+    """Tokenizer (trained if ``None``), transformer sized to it and the dVAE, trained on
+    ``tokens``; saves ``out/model/`` and sample grids. Returns the last training metrics."""
+    import torch
+
+    from dalle.data.tokens import token_batches
+    from dalle.images import contact_sheet, png_bytes
+    from dalle.io import write_bytes_atomic
+    from dalle.models.dalle import DALLE
+    from dalle.pipeline import DallePipeline
+    from dalle.tokenizer import Tokenizer
+    from dalle.train.dalle import train_dalle
+    from dalle.train.loop import Callback
+
+    if tokens.grid != vae.cfg.grid_size or tokens.vocab_size != vae.cfg.vocab_size:
+        raise ValueError(
+            f"the token file holds {tokens.grid}x{tokens.grid} codes of {tokens.vocab_size} but "
+            f"the dVAE makes {vae.cfg.grid_size}x{vae.cfg.grid_size} of {vae.cfg.vocab_size}"
+        )
+    if tokenizer is None:
+        tokenizer = Tokenizer.train(tokens.captions, vocab_size=1024)
+    model_cfg = dataclasses.replace(
+        model_cfg,
+        text_vocab=tokenizer.vocab_size,
+        image_vocab=vae.cfg.vocab_size,
+        image_grid=vae.cfg.grid_size,
+        attention=None if len(model_cfg.attention) != model_cfg.depth else model_cfg.attention,
+    )
+    text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
+    torch.manual_seed(train_cfg.seed)
+    model = DALLE(model_cfg)
+    pipe = DallePipeline(tokenizer, vae, model)
+    prompts = list(dict.fromkeys(tokens.captions[:64]))[:8]
+
+    def save(step: int) -> None:
+        pipe.save_pretrained(out / "model")
+        images = pipe(prompts, num_images=2, seed=0)
+        sheet = contact_sheet(images, columns=4)
+        write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(sheet))
+
+    batches = token_batches(text, tokens.codes, train_cfg.batch_size, train_cfg.seed)
+    return train_dalle(model, train_cfg, batches, out, [Callback(save_every, save)])

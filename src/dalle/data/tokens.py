@@ -1,0 +1,108 @@
+"""Pre-encoded image tokens: the dVAE runs once per image, not once per epoch.
+
+A token file is one safetensors file holding ``codes`` ``(N, h*w)`` (int16 when the codebook
+fits, else int32) and, in its metadata, the captions (a JSON list of ``N`` strings), the code
+grid side ``grid`` and the codebook size ``vocab_size``. ``dalle encode`` writes it;
+``dalle train --tokens FILE`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from dalle.io import write_bytes_atomic
+
+FORMAT = "dalle-tokens-1"
+
+
+@dataclass
+class TokenSet:
+    """``codes`` ``(N, grid*grid)`` long in ``[0, vocab_size)`` with one caption per row."""
+
+    codes: torch.Tensor
+    captions: list[str]
+    grid: int
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        if self.codes.ndim != 2 or self.codes.shape[1] != self.grid * self.grid:
+            raise ValueError(
+                f"codes must be (N, {self.grid * self.grid}) for a {self.grid}x{self.grid} grid, "
+                f"got {tuple(self.codes.shape)}"
+            )
+        if len(self.captions) != len(self.codes):
+            raise ValueError(f"{len(self.codes)} code rows but {len(self.captions)} captions")
+        if len(self.codes) and (self.codes.min() < 0 or self.codes.max() >= self.vocab_size):
+            raise ValueError(f"codes must lie in [0, {self.vocab_size})")
+        self.codes = self.codes.long()
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def save(self, path: Path) -> None:
+        """Write the token file atomically."""
+        dtype = torch.int16 if self.vocab_size <= 2**15 else torch.int32
+        metadata = {
+            "format": FORMAT,
+            "grid": str(self.grid),
+            "vocab_size": str(self.vocab_size),
+            "captions": json.dumps(self.captions),
+        }
+        data = save({"codes": self.codes.to(dtype).contiguous()}, metadata=metadata)
+        write_bytes_atomic(Path(path), data)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenSet:
+        """Read a token file; anything else is a one-line ``ValueError``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"token file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{path}: not a dalle token file (written by `dalle encode`)")
+                codes = f.get_tensor("codes")
+            captions = json.loads(meta["captions"])
+            grid, vocab_size = int(meta["grid"]), int(meta["vocab_size"])
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable token file ({e})") from None
+        return cls(codes, captions, grid, vocab_size)
+
+
+@torch.no_grad()
+def encode_pairs(
+    vae: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, list[str]]]
+) -> TokenSet:
+    """Encode ``(images (B, C, H, W), captions)`` batches with ``vae.encode`` into a token set."""
+    codes, captions = [], []
+    for images, caps in batches:
+        codes.append(vae.encode(images))  # (B, h*w)
+        captions += list(caps)
+    if not codes:
+        raise ValueError("no images to encode")
+    grid = vae.cfg.grid_size
+    return TokenSet(torch.cat(codes), captions, grid, vae.cfg.vocab_size)
+
+
+def token_batches(
+    text: torch.Tensor, codes: torch.Tensor, batch_size: int, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(text (B, text_len), codes (B, h*w))`` batches, reshuffled every epoch."""
+    n = len(codes)
+    if n < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} token rows, got {n}")
+    epoch = 0
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield text[idx], codes[idx]
+        epoch += 1

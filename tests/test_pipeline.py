@@ -1,0 +1,150 @@
+"""Token files, the pipeline folder, and the encode / train / generate commands end to end on
+tiny models: the ``generate`` output contract, seed determinism and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from dalle.cli import main
+from dalle.config import VAEConfig
+from dalle.data.shapes import make_sample
+from dalle.data.tokens import TokenSet
+from dalle.images import image_to_tensor
+from dalle.models.vae import DiscreteVAE
+from dalle.pipeline import DallePipeline
+
+VAE = VAEConfig(image_size=64, downsample=8, vocab_size=32, n_hid=8, n_init=16)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A dVAE folder, a token file of 48 shapes samples and a 3-step transformer run."""
+    root = tmp_path_factory.mktemp("pipe")
+    torch.manual_seed(0)
+    DiscreteVAE(VAE).save(root / "vae")
+    tokens = root / "tokens.safetensors"
+    argv = ["encode", "--vae", str(root / "vae"), "--data", "shapes", "--num", "48"]
+    assert main([*argv, "--out", str(tokens)]) == 0
+    run = root / "run"
+    argv = ["train", "--vae", str(root / "vae"), "--tokens", str(tokens), "--out", str(run)]
+    assert main([*argv, "--steps", "3", "--batch-size", "8", "--save-every", "3"]) == 0
+    return {"root": root, "vae": root / "vae", "tokens": tokens, "model": run / "model"}
+
+
+def test_encode_writes_codes_and_captions(trained):
+    tokens = TokenSet.load(trained["tokens"])
+    vae = DiscreteVAE.load(trained["vae"])
+    samples = [make_sample(0, "train", i) for i in range(48)]
+    images = torch.stack([image_to_tensor(s.image) for s in samples])
+    assert tokens.captions == [s.caption for s in samples]
+    assert (tokens.grid, tokens.vocab_size) == (8, 32)
+    assert torch.equal(tokens.codes, vae.encode(images))
+
+
+def test_token_file_round_trip_and_bad_files(tmp_path):
+    codes = torch.randint(0, 40000, (5, 4))
+    ts = TokenSet(codes, [f"caption {i}" for i in range(5)], 2, 40000)
+    ts.save(tmp_path / "t.safetensors")
+    back = TokenSet.load(tmp_path / "t.safetensors")
+    assert torch.equal(back.codes, codes) and back.captions == ts.captions
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="unreadable token file"):
+        TokenSet.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="does not exist"):
+        TokenSet.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="captions"):
+        TokenSet(codes, ["one"], 2, 40000)
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 10\)"):
+        TokenSet(codes, ts.captions, 2, 10)
+
+
+def test_pipeline_round_trip_and_seeds(trained, tmp_path):
+    pipe = DallePipeline.from_pretrained(trained["model"])
+    a = pipe.generate_codes(["a red circle", "a blue square"], num_images=2, seed=7)
+    assert a.shape == (4, 64)
+    assert torch.equal(a, pipe.generate_codes(["a red circle", "a blue square"], 2, seed=7))
+    assert not torch.equal(a, pipe.generate_codes(["a red circle", "a blue square"], 2, seed=8))
+    pipe.save_pretrained(tmp_path / "copy")
+    again = DallePipeline.from_pretrained(tmp_path / "copy")
+    assert torch.equal(a, again.generate_codes(["a red circle", "a blue square"], 2, seed=7))
+    images = pipe("a red circle", num_images=3, seed=1)
+    assert len(images) == 3 and images[0].size == (64, 64)
+
+
+def test_generate_contract(trained, tmp_path):
+    out = tmp_path / "gen"
+    argv = ["generate", "--model", str(trained["model"]), "a red circle", "a small blue square"]
+    argv += ["--num-images", "2", "--seed", "3", "--top-k", "5", "--cond-scale", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(x["prompt"], x["index"], x["seed"]) for x in lines] == [
+        ("a red circle", 0, 3),
+        ("a red circle", 1, 3),
+        ("a small blue square", 0, 3),
+        ("a small blue square", 1, 3),
+    ]
+    for x in lines:
+        assert not Path(x["file"]).is_absolute()
+        with Image.open(out / x["file"]) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+    assert (out / "grid.png").is_file()
+    first = (out / lines[0]["file"]).read_bytes()
+    assert main([*argv, "--out", str(out)]) == 2  # not empty
+    assert main([*argv, "--out", str(out), "--force"]) == 0
+    assert (out / lines[0]["file"]).read_bytes() == first  # same seed, same image
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-images", "0"], "positive integer"),
+        (["--temperature", "-1"], "positive"),
+        (["--top-p", "1.5"], r"\(0, 1\]"),
+        (["--top-p", "0"], r"\(0, 1\]"),
+        (["--top-k", "0"], "positive integer"),
+    ],
+)
+def test_generate_rejects_bad_options(trained, tmp_path, capsys, extra, message):
+    argv = ["generate", "--model", str(trained["model"]), "a red circle", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert pytest.importorskip("re").search(message, err)
+
+
+def test_generate_errors_are_one_line(trained, tmp_path, capsys):
+    model = str(trained["model"])
+    cases = [
+        (["generate", "--model", model, "", "--out", str(tmp_path / "a")], "prompt 1 is empty"),
+        (["generate", "--model", model, "--out", str(tmp_path / "b")], "no prompts"),
+        (["generate", "--model", str(tmp_path), "x", "--out", str(tmp_path / "c")], "missing"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_long_prompt_is_cut_with_a_warning(trained, tmp_path):
+    long = " and ".join(["a large red circle in the top left"] * 4)
+    argv = ["generate", "--model", str(trained["model"]), long, "--num-images", "1"]
+    with pytest.warns(UserWarning, match="truncated to text_len=16"):
+        assert main([*argv, "--out", str(tmp_path / "g")]) == 0
+
+
+def test_mismatched_parts_are_refused(trained, tmp_path):
+    pipe = DallePipeline.from_pretrained(trained["model"])
+    other = DiscreteVAE(VAEConfig(image_size=64, downsample=8, vocab_size=64, n_hid=8, n_init=16))
+    with pytest.raises(ValueError, match="different runs"):
+        DallePipeline(pipe.tokenizer, other, pipe.transformer)
+    pipe.save_pretrained(tmp_path / "m")
+    other.save(tmp_path / "m" / "vae")
+    with pytest.raises(ValueError, match="different runs"):
+        DallePipeline.from_pretrained(tmp_path / "m")
