@@ -150,7 +150,7 @@ def test_kl_to_uniform_matches_hand_computation():
 
 
 def test_schedules_at_endpoints():
-    cfg = VAETrainConfig(steps=100, kl_warmup_steps=40, kl_weight=6.6)
+    cfg = VAETrainConfig(steps=100, kl_warmup_steps=40, kl_weight=6.6, warm_start=0.0)
     objective = VAEObjective(cfg)
     assert objective.tau(0) == pytest.approx(1.0)
     assert objective.tau(100) == pytest.approx(1 / 16)
@@ -166,7 +166,12 @@ def test_schedules_at_endpoints():
 def test_objective_is_normalised_per_subpixel(images):
     torch.manual_seed(0)
     cfg = VAETrainConfig(
-        steps=10, kl_warmup_steps=1, kl_weight=2.0, usage_weight=0.0, recon="logit_laplace"
+        steps=10,
+        kl_warmup_steps=1,
+        kl_weight=2.0,
+        usage_weight=0.0,
+        recon="logit_laplace",
+        warm_start=0.0,
     )
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
     g = torch.Generator().manual_seed(0)
@@ -219,7 +224,9 @@ def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
     before = psnr(vae.decode(vae.encode(images)), images)
-    cfg = VAETrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, kl_warmup_steps=30)
+    cfg = VAETrainConfig(
+        steps=60, batch_size=16, lr=3e-3, warmup_steps=5, kl_warmup_steps=30, warm_start=0.0
+    )
     train_vae(
         vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=30, progress=False
     )
@@ -258,7 +265,7 @@ def test_warm_start_codes_are_nearest_patch_centres(images):
     from dalle.train.vae import PatchCodeObjective, image_patches, patch_codebook
 
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
-    cfg = VAETrainConfig(steps=10, warm_start_steps=10, kmeans_iters=5)
+    cfg = VAETrainConfig(steps=10, kmeans_iters=5)
     centres = patch_codebook(images, cfg, vae, torch.Generator().manual_seed(0))
     assert centres.shape == (32, 3 * 4 * 4)
     objective = PatchCodeObjective(cfg, centres)
@@ -279,7 +286,7 @@ def test_warm_start_then_elbo_trains_and_numbers_steps_once(images, tmp_path):
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
     before = psnr(vae.decode(vae.encode(images)), images)
     cfg = VAETrainConfig(
-        steps=50, warm_start_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, kmeans_images=16
+        steps=50, warm_start=0.8, batch_size=16, lr=3e-3, warmup_steps=5, kmeans_images=16
     )
     train_vae(
         vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=25, progress=False

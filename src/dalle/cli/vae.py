@@ -40,9 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--usage-weight", type=float, help="weight of the batch code-usage term")
     p.add_argument(
-        "--warm-start-steps",
-        type=non_negative_int,
-        help="first steps trained on k-means patch codes before the relaxed ELBO (0: none)",
+        "--warm-start",
+        type=float,
+        help="fraction of the steps trained on k-means patch codes before the relaxed ELBO "
+        "(default 1: all; 0: the paper's objective alone)",
     )
     p.add_argument(
         "--straight-through",
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "recon": args.recon,
         "tau_anneal_steps": args.tau_anneal_steps,
         "usage_weight": args.usage_weight,
-        "warm_start_steps": args.warm_start_steps,
+        "warm_start": args.warm_start,
         "straight_through": args.straight_through,
         "seed": args.seed,
     }

@@ -65,7 +65,7 @@ class VAEObjective:
 
     def tau(self, step: int) -> float:
         """``step`` counts from the start of the relaxed phase (after any warm start)."""
-        steps = self.cfg.tau_anneal_steps or self.cfg.steps - self.cfg.warm_start_steps
+        steps = self.cfg.tau_anneal_steps or max(1, self.cfg.steps - self.cfg.warm_start_steps)
         return cosine_ramp(step, steps, self.cfg.tau_start, self.cfg.tau_end)
 
     def beta(self, step: int) -> float:
