@@ -135,7 +135,7 @@ def test_generate_errors_are_one_line(trained, tmp_path, capsys):
 def test_long_prompt_is_cut_with_a_warning(trained, tmp_path):
     long = " and ".join(["a large red circle in the top left"] * 4)
     argv = ["generate", "--model", str(trained["model"]), long, "--num-images", "1"]
-    with pytest.warns(UserWarning, match="truncated to text_len=16"):
+    with pytest.warns(UserWarning, match=r"truncated to text_len=\d+"):
         assert main([*argv, "--out", str(tmp_path / "g")]) == 0
 
 
@@ -148,3 +148,25 @@ def test_mismatched_parts_are_refused(trained, tmp_path):
     other.save(tmp_path / "m" / "vae")
     with pytest.raises(ValueError, match="different runs"):
         DallePipeline.from_pretrained(tmp_path / "m")
+
+
+def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
+    """The README's first command, shrunk: tiny models, two prompts, a 12-second budget."""
+    import dalle.cli.demo as demo
+    from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, TransformerConfig
+
+    monkeypatch.setitem(VAE_PRESETS, "tiny", VAE)
+    small = TransformerConfig(dim=32, depth=2, heads=2, attention=("full", "full"))
+    monkeypatch.setitem(TRANSFORMER_PRESETS, "tiny", small)
+    monkeypatch.setattr(demo, "PROMPTS", ("a red circle", "a large green triangle"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["timings"]) >= {"vae_s", "encode_s", "transformer_s", "generate_s"}
+    assert report["fidelity"]["n"] == 8 and 0 <= report["fidelity"]["overall"] <= 1
+    assert (out / "samples.png").is_file()
+    pipe = DallePipeline.from_pretrained(out / "model")
+    assert pipe.transformer.cfg.dim == 32
+    lines = (out / "samples" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+    assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0  # reruns into its folder

@@ -67,11 +67,11 @@ class DalleTrainConfig:
     """Optimisation of the transformer (paper App. B.2, scaled down to minutes on a CPU)."""
 
     steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 16
+    lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
     text_weight: float = 1 / 8
     image_weight: float = 7 / 8
