@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -31,3 +35,8 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
     return value
+
+
+def with_overrides(config: C, overrides: dict[str, Any]) -> C:
+    """``config`` with the command-line values that were given (not ``None``) replaced."""
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

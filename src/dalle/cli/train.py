@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int
+from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -138,9 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
         "caption_dropout": args.caption_dropout,
         "seed": args.seed,
     }
-    train_cfg = dataclasses.replace(
-        DalleTrainConfig(), **{k: v for k, v in overrides.items() if v is not None}
-    )
+    train_cfg = with_overrides(DalleTrainConfig(), overrides)
     out = prepare_output_dir(args.out, force=args.force)
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     report = fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every)

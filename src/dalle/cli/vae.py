@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int
+from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "straight_through": args.straight_through,
         "seed": args.seed,
     }
-    train_cfg = dataclasses.replace(
-        VAETrainConfig(), **{k: v for k, v in overrides.items() if v is not None}
-    )
+    train_cfg = with_overrides(VAETrainConfig(), overrides)
     if args.data == "shapes":
         if vae_cfg.image_size != 64:
             raise ValueError(

@@ -115,14 +115,6 @@ def train_dalle(
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics."""
     torch.manual_seed(cfg.seed)
-    optim = OptimConfig(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        min_lr_ratio=cfg.min_lr_ratio,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-        betas=(0.9, 0.95),
-    )
+    optim = OptimConfig.of(cfg, betas=(0.9, 0.95))
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed))
     return train(model, objective, batches, optim, run_dir, list(callbacks), "train", progress)

@@ -38,6 +38,13 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     log_every: int = 10
 
+    @classmethod
+    def of(cls, recipe: Any, **extra: Any) -> OptimConfig:
+        """The optimisation fields of a model's training config (steps, lr, warm-up, decay,
+        clipping), plus ``extra``."""
+        names = ("steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
+        return cls(**{n: getattr(recipe, n) for n in names}, **extra)
+
 
 @dataclass
 class Callback:

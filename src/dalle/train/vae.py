@@ -207,14 +207,7 @@ def train_vae(
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    optim = OptimConfig(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        min_lr_ratio=cfg.min_lr_ratio,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-    )
+    optim = OptimConfig.of(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
