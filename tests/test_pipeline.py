@@ -32,7 +32,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     assert main([*argv, "--out", str(tokens)]) == 0
     run = root / "run"
     argv = ["train", "--vae", str(root / "vae"), "--tokens", str(tokens), "--out", str(run)]
-    assert main([*argv, "--steps", "3", "--batch-size", "8", "--save-every", "3"]) == 0
+    argv += ["--steps", "3", "--batch-size", "8", "--save-every", "3", "--text-len", "16"]
+    assert main(argv) == 0
     return {"root": root, "vae": root / "vae", "tokens": tokens, "model": run / "model"}
 
 
@@ -65,6 +66,7 @@ def test_token_file_round_trip_and_bad_files(tmp_path):
 
 def test_pipeline_round_trip_and_seeds(trained, tmp_path):
     pipe = DallePipeline.from_pretrained(trained["model"])
+    assert pipe.transformer.cfg.text_len == 16  # --text-len
     a = pipe.generate_codes(["a red circle", "a blue square"], num_images=2, seed=7)
     assert a.shape == (4, 64)
     assert torch.equal(a, pipe.generate_codes(["a red circle", "a blue square"], 2, seed=7))

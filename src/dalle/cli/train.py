@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train one)")
     t.add_argument("--out", type=Path, required=True, help="run folder (empty unless --force)")
     t.add_argument("--preset", default="tiny", help="transformer preset: tiny or small")
+    t.add_argument(
+        "--text-len",
+        type=positive_int,
+        help="caption tokens (default: the preset's; longer captions are cut with a warning)",
+    )
     t.add_argument("--steps", type=positive_int)
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
@@ -141,6 +146,8 @@ def run_train(args: argparse.Namespace) -> int:
     train_cfg = with_overrides(DalleTrainConfig(), overrides)
     out = prepare_output_dir(args.out, force=args.force)
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
+    if args.text_len is not None:
+        model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
     report = fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every)
     print(json.dumps(report))
     return 0
