@@ -135,18 +135,20 @@ def steps_for_budget(
     objective: Objective,
     batches: Iterator[Any],
     seconds: float,
-    probe: int = 6,
+    probe: int = 10,
     at_least: int = 10,
+    warmup: int = 3,
 ) -> int:
-    """How many steps of ``objective`` fit in ``seconds``: times ``probe`` steps (after one
-    warm-up step) on a throwaway copy of ``model``, so the model itself is untouched."""
+    """How many steps of ``objective`` fit in ``seconds``: times ``probe`` steps (after
+    ``warmup`` untimed ones: the first steps pay for allocations and kernel selection) on a
+    throwaway copy of ``model``, so the model itself is untouched."""
     import copy
 
     trial = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(trial.parameters(), lr=0.0)
     t0 = 0.0
-    for i in range(probe + 1):
-        if i == 1:
+    for i in range(warmup + probe):
+        if i == warmup:
             t0 = time.perf_counter()
         loss, _ = objective(trial, next(batches), 0)
         opt.zero_grad(set_to_none=True)
