@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -40,3 +41,11 @@ def positive_float(text: str) -> float:
 def with_overrides(config: C, overrides: dict[str, Any]) -> C:
     """``config`` with the command-line values that were given (not ``None``) replaced."""
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def vae_dir(path: Path) -> Path:
+    """A dVAE folder given a train-vae run, its ``model/`` or a pipeline folder."""
+    for candidate in (path, path / "model", path / "vae"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ValueError(f"{path}: no dVAE here (expected config.json in it, in model/ or in vae/)")

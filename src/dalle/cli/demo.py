@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle.data.shapes import ShapesStream, collate, make_sample
     from dalle.eval.shapes import fidelity
     from dalle.eval.vae import evaluate_vae
-    from dalle.io import prepare_output_dir, write_json_atomic
+    from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
     from dalle.models.vae import DiscreteVAE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer
@@ -94,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     images = (b["image"] for b in batches)
     # Time the objective the recipe starts with (the warm start's codebook is a stand-in here).
     k, patch = vae.cfg.vocab_size, vae.cfg.channels * vae.cfg.downsample**2
-    probe = PatchCodeObjective(recipe, torch.rand(k, patch)) if recipe.warm_start else None
-    probe = probe or VAEObjective(recipe)
+    if recipe.warm_start:
+        probe = PatchCodeObjective(recipe, torch.rand(k, patch))
+    else:
+        probe = VAEObjective(recipe)
     steps = steps_for_budget(vae, probe, images, VAE_SHARE * budget * 0.95)
     recipe = dataclasses.replace(recipe, steps=min(steps, 4 * recipe.steps))
     eval_images, eval_captions = shapes_eval_set()
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     samples = pipe(list(PROMPTS), num_images=4, seed=args.seed, **SAMPLING)
     (out / "samples").mkdir(exist_ok=True)
     write_outputs(out / "samples", list(PROMPTS), samples, 4, args.seed)
-    (out / "samples.png").write_bytes((out / "samples" / "grid.png").read_bytes())
+    write_bytes_atomic(out / "samples.png", (out / "samples" / "grid.png").read_bytes())
     fid = fidelity(zip([p for p in PROMPTS for _ in range(4)], samples, strict=True))
     lap("generate_s", t)
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -162,18 +164,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _transformer_steps(model_cfg, train_cfg, tokenizer, vae, tokens, seconds: float) -> int:
     """Steps of the transformer objective that fit in ``seconds`` on this machine."""
-
+    from dalle.cli.train import sized_config
     from dalle.data.tokens import token_batches
     from dalle.models.dalle import DALLE
     from dalle.train.dalle import DalleObjective
     from dalle.train.loop import steps_for_budget
 
-    cfg = dataclasses.replace(
-        model_cfg,
-        text_vocab=tokenizer.vocab_size,
-        image_vocab=vae.cfg.vocab_size,
-        image_grid=vae.cfg.grid_size,
-    )
+    cfg = sized_config(model_cfg, tokenizer, vae)
     text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
     batches = token_batches(text, tokens.codes[:256], train_cfg.batch_size)
     return steps_for_budget(DALLE(cfg), DalleObjective(train_cfg), batches, seconds)

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dalle.cli.common import positive_int
+from dalle.cli.common import positive_int, vae_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +70,7 @@ def run_vae(args: argparse.Namespace) -> int:
     from dalle.models.vae import DiscreteVAE
     from dalle.train.vae import shapes_eval_set
 
-    model_dir = args.model / "model" if (args.model / "model").is_dir() else args.model
-    vae = DiscreteVAE.load(model_dir)
+    vae = DiscreteVAE.load(vae_dir(args.model))
     if args.data == "shapes":
         images, captions = shapes_eval_set(args.num)
         if vae.cfg.image_size != 64:

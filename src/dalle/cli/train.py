@@ -8,7 +8,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
+from dalle.cli.common import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    vae_dir,
+    with_overrides,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,38 +68,22 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--batch-size-encode", type=positive_int, default=64, help=argparse.SUPPRESS)
 
 
-def vae_dir(path: Path) -> Path:
-    """A dVAE folder given a train-vae run, its ``model/`` or a pipeline folder."""
-    for candidate in (path, path / "model", path / "vae"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ValueError(f"{path}: no dVAE here (expected config.json in it, in model/ or in vae/)")
-
-
 def image_batches(data: str, image_size: int, num: int, batch_size: int, seed: int = 0) -> Iterator:
-    """``(images (B, C, H, W), captions)`` over ``num`` shapes samples or a whole folder."""
+    """``(images (B, C, H, W), captions)`` in order over ``num`` shapes samples or a whole folder."""
     import torch
 
     from dalle.data.folder import ImageFolderDataset
-    from dalle.data.shapes import CANVAS, make_sample
-    from dalle.images import image_to_tensor
+    from dalle.data.shapes import CANVAS, ShapesDataset
 
     if data == "shapes":
         if image_size != CANVAS:
             raise ValueError(f"--data shapes has {CANVAS} px images; the dVAE expects {image_size}")
-        for start in range(0, num, batch_size):
-            samples = [
-                make_sample(seed, "train", i) for i in range(start, min(num, start + batch_size))
-            ]
-            yield (
-                torch.stack([image_to_tensor(s.image) for s in samples]),
-                [s.caption for s in samples],
-            )
+        dataset = ShapesDataset("train", num, seed)
     else:
         dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
 
 
 def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
@@ -174,13 +164,7 @@ def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, sav
         )
     if tokenizer is None:
         tokenizer = Tokenizer.train(tokens.captions, vocab_size=1024)
-    model_cfg = dataclasses.replace(
-        model_cfg,
-        text_vocab=tokenizer.vocab_size,
-        image_vocab=vae.cfg.vocab_size,
-        image_grid=vae.cfg.grid_size,
-        attention=None if len(model_cfg.attention) != model_cfg.depth else model_cfg.attention,
-    )
+    model_cfg = sized_config(model_cfg, tokenizer, vae)
     text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
     torch.manual_seed(train_cfg.seed)
     model = DALLE(model_cfg)
@@ -195,3 +179,13 @@ def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, sav
 
     batches = token_batches(text, tokens.codes, train_cfg.batch_size, train_cfg.seed)
     return train_dalle(model, train_cfg, batches, out, [Callback(save_every, save)])
+
+
+def sized_config(model_cfg, tokenizer, vae):
+    """``model_cfg`` with the vocabularies and the code grid of ``tokenizer`` and ``vae``."""
+    return dataclasses.replace(
+        model_cfg,
+        text_vocab=tokenizer.vocab_size,
+        image_vocab=vae.cfg.vocab_size,
+        image_grid=vae.cfg.grid_size,
+    )
