@@ -74,8 +74,9 @@ def test_pipeline_round_trip_and_seeds(trained, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     again = DallePipeline.from_pretrained(tmp_path / "copy")
     assert torch.equal(a, again.generate_codes(["a red circle", "a blue square"], 2, seed=7))
-    images = pipe("a red circle", num_images=3, seed=1)
-    assert len(images) == 3 and images[0].size == (64, 64)
+    out = pipe("a red circle", num_images=3, seed=1)
+    assert len(out.images) == 3 and out.images[0].size == (64, 64)
+    assert out.prompts == ["a red circle"] * 3 and out.scores is None
 
 
 def test_generate_contract(trained, tmp_path):

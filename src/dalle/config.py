@@ -265,6 +265,72 @@ class TransformerConfig:
         return self.text_vocab_total + self.image_vocab
 
 
+IMAGE_TOWERS = ("conv", "vit")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A contrastive text-image model (Radford et al. 2021) for reranking samples.
+
+    The text tower is a causal transformer over tokenizer ids (``text_vocab`` with pad id 0)
+    pooled at each caption's last real token. The image tower is ``conv`` (stride-2 3x3
+    convolutions of ``conv_widths``, then the flattened map, so positions survive pooling) or
+    ``vit`` (``patch`` x ``patch`` patches, a class token, ``image_depth`` blocks).
+    Both towers end in a projection to ``embed_dim``.
+    """
+
+    text_vocab: int = 512  # a placeholder in presets: replace with the tokenizer's vocab_size
+    text_len: int = 18
+    text_dim: int = 128
+    text_depth: int = 2
+    text_heads: int = 4
+    image_size: int = 64
+    channels: int = 3
+    image_tower: str = "conv"
+    conv_widths: tuple[int, ...] = (32, 64, 128, 128)
+    patch: int = 8
+    image_dim: int = 128
+    image_depth: int = 4
+    image_heads: int = 4
+    embed_dim: int = 128
+
+    def __post_init__(self) -> None:
+        _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
+        _require(self.text_len >= 1, f"text_len must be >= 1, got {self.text_len}")
+        for name in ("text", "image"):
+            dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
+            _require(
+                heads >= 1 and dim >= 1 and dim % heads == 0,
+                f"{name}_dim must be a positive multiple of {name}_heads={heads}, got {dim}",
+            )
+            _require(getattr(self, f"{name}_depth") >= 1, f"{name}_depth must be >= 1")
+        _require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _require(
+            self.image_tower in IMAGE_TOWERS,
+            f"image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}",
+        )
+        widths = tuple(self.conv_widths)  # JSON brings it back as a list
+        object.__setattr__(self, "conv_widths", widths)
+        _require(
+            len(widths) >= 1 and all(w >= 1 for w in widths),
+            f"conv_widths must be positive, got {widths}",
+        )
+        step = 2 ** len(widths) if self.image_tower == "conv" else self.patch
+        _require(
+            step >= 1 and self.image_size > 0 and self.image_size % step == 0,
+            f"image_size must be a positive multiple of {step} for the {self.image_tower} "
+            f"tower, got {self.image_size}",
+        )
+        _require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+
+
+CLIP_PRESETS: dict[str, CLIPConfig] = {
+    # 64 px shapes on 2 CPU cores: a 4-stage conv net (64 -> 4 px) and a 2-layer text tower.
+    "tiny": CLIPConfig(),
+    "tiny-vit": CLIPConfig(image_tower="vit"),
+}
+
+
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     # 18 caption tokens (the longest shapes caption is 17) + 16x16 codes of the tiny dVAE;
     # small enough to learn the shapes in minutes on 2 CPU cores (~9k tokens/s in training).

@@ -6,8 +6,11 @@ A saved pipeline is a folder::
       tokenizer.json
       vae/          config.json + model.safetensors  (dalle.models.vae.DiscreteVAE)
       transformer/  config.json + model.safetensors  (dalle.models.dalle.DALLE)
+      clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
 
 Each part loads with strict checks; a missing or mismatched part is a one-line ``ValueError``.
+With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
+per requested image and keep those CLIP finds closest to the prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from PIL import Image
 
 from dalle.images import tensor_to_image
+from dalle.models.clip import CLIP
 from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.sampling import sample_codes
@@ -27,6 +31,18 @@ from dalle.tokenizer import Tokenizer
 TOKENIZER_FILE = "tokenizer.json"
 VAE_DIR = "vae"
 TRANSFORMER_DIR = "transformer"
+CLIP_DIR = "clip"
+
+
+@dataclass
+class Generation:
+    """What a pipeline call returns: ``images`` prompt-major (all of prompt 0, then prompt 1,
+    ...), each image's ``prompts`` entry, and with reranking each image's CLIP ``scores``
+    (cosine similarity to its prompt, best first within a prompt)."""
+
+    images: list[Image.Image]
+    prompts: list[str]
+    scores: list[float] | None = None
 
 
 @dataclass
@@ -34,11 +50,14 @@ class DallePipeline:
     tokenizer: Tokenizer
     vae: DiscreteVAE
     transformer: DALLE
+    clip: CLIP | None = None
 
     def __post_init__(self) -> None:
-        check_compatible(self.tokenizer, self.vae, self.transformer)
+        check_compatible(self.tokenizer, self.vae, self.transformer, self.clip)
         self.vae.eval()
         self.transformer.eval()
+        if self.clip is not None:
+            self.clip.eval()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> DallePipeline:
@@ -55,15 +74,19 @@ class DallePipeline:
         tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
         vae = DiscreteVAE.load(directory / VAE_DIR).to(device)
         transformer = DALLE.load(directory / TRANSFORMER_DIR).to(device)
-        return cls(tokenizer, vae, transformer)
+        has_clip = (directory / CLIP_DIR).exists()
+        clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
+        return cls(tokenizer, vae, transformer, clip)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the three parts into ``directory`` (each file atomically)."""
+        """Write the parts into ``directory`` (each file atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(directory / TOKENIZER_FILE)
         self.vae.save(directory / VAE_DIR)
         self.transformer.save(directory / TRANSFORMER_DIR)
+        if self.clip is not None:
+            self.clip.save(directory / CLIP_DIR)
 
     @property
     def device(self) -> torch.device:
@@ -108,6 +131,19 @@ class DallePipeline:
         """Codes ``(N, h*w)`` -> images ``(N, C, H, W)`` in [0, 1] on the CPU."""
         return torch.cat([self.vae.decode(c).cpu() for c in codes.split(batch_size)])
 
+    @torch.no_grad()
+    def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        """CLIP cosine similarity ``(N,)`` of each prompt with its image ``(N, C, H, W)``."""
+        if self.clip is None:
+            raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
+        if len(prompts) != len(images):
+            raise ValueError(f"expected one prompt per image, got {len(prompts)} and {len(images)}")
+        text, _ = self.tokenizer.encode_batch(list(prompts), self.clip.cfg.text_len)
+        dev = self.clip.device
+        t = self.clip.encode_text(text.to(dev))
+        i = torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
+        return (t * i).sum(-1).cpu()
+
     def __call__(
         self,
         prompts: list[str] | str,
@@ -118,14 +154,21 @@ class DallePipeline:
         top_p: float | None = None,
         cond_scale: float = 1.0,
         batch_size: int = 16,
-    ) -> list[Image.Image]:
-        """Generate ``num_images`` images per prompt; returns PIL images, prompt-major.
+        rerank: int | None = None,
+    ) -> Generation:
+        """Generate ``num_images`` images per prompt. With ``rerank=N`` draw ``N * num_images``
+        candidates per prompt and keep the ``num_images`` that CLIP scores highest, best first.
         The same arguments (seed included) give the same images."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if rerank is not None and rerank < 1:
+            raise ValueError(f"rerank must be >= 1 candidates per image, got {rerank}")
+        if rerank is not None and self.clip is None:
+            raise ValueError(f"reranking needs a CLIP model: this pipeline has no {CLIP_DIR}/")
+        draws = num_images * (rerank or 1)
         codes = self.generate_codes(
             prompts,
-            num_images,
+            draws,
             seed,
             batch_size,
             temperature=temperature,
@@ -133,11 +176,24 @@ class DallePipeline:
             top_p=top_p,
             cond_scale=cond_scale,
         )
-        return [tensor_to_image(x) for x in self.decode(codes)]
+        images = self.decode(codes)  # (P * draws, C, H, W)
+        per_image = [p for p in prompts for _ in range(num_images)]
+        if rerank is None:
+            return Generation([tensor_to_image(x) for x in images], per_image)
+        scores = self.score([p for p in prompts for _ in range(draws)], images)
+        best = scores.view(len(prompts), draws).topk(num_images, dim=1)  # sorted, best first
+        keep = (best.indices + draws * torch.arange(len(prompts))[:, None]).flatten()
+        return Generation(
+            [tensor_to_image(images[i]) for i in keep.tolist()],
+            per_image,
+            best.values.flatten().tolist(),
+        )
 
 
-def check_compatible(tokenizer: Tokenizer, vae: DiscreteVAE, transformer: DALLE) -> None:
-    """ValueError unless the three parts agree on vocabularies and the code grid."""
+def check_compatible(
+    tokenizer: Tokenizer, vae: DiscreteVAE, transformer: DALLE, clip: CLIP | None = None
+) -> None:
+    """ValueError unless the parts agree on vocabularies, the code grid and the image size."""
     cfg = transformer.cfg
     if tokenizer.vocab_size != cfg.text_vocab:
         raise ValueError(
@@ -150,3 +206,15 @@ def check_compatible(tokenizer: Tokenizer, vae: DiscreteVAE, transformer: DALLE)
             f"codes but the transformer expects {cfg.image_grid}x{cfg.image_grid} of "
             f"{cfg.image_vocab}: the parts come from different runs"
         )
+    if clip is not None:
+        c = clip.cfg
+        if tokenizer.vocab_size != c.text_vocab:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} ids but CLIP expects text_vocab="
+                f"{c.text_vocab}: train CLIP with this model's tokenizer (dalle train-clip --model)"
+            )
+        if (c.image_size, c.channels) != (vae.cfg.image_size, vae.cfg.channels):
+            raise ValueError(
+                f"CLIP reads {c.channels}x{c.image_size}x{c.image_size} images but the dVAE draws "
+                f"{vae.cfg.channels}x{vae.cfg.image_size}x{vae.cfg.image_size}"
+            )

@@ -1,4 +1,5 @@
-"""``dalle eval``: ``shapes`` scores the prompt fidelity of images; ``vae`` measures a dVAE.
+"""``dalle eval``: ``shapes`` scores the prompt fidelity of images; ``vae`` measures a dVAE;
+``clip`` measures retrieval.
 
 Each kind of evaluation is a sub-command of ``eval`` that prints one JSON object on stdout.
 """
@@ -50,6 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--data", default="shapes", help="'shapes' or an image+.txt folder")
     v.add_argument("--num", type=positive_int, default=256, help="number of images")
     v.set_defaults(func=run_vae)
+    c = kinds.add_parser(
+        "clip",
+        help="text-to-image and image-to-text retrieval of a trained CLIP",
+        description="Retrieve among 256 held-out shapes images and their captions (half unseen "
+        "train-split scenes, half holdout scenes) and print one JSON object: top-1 accuracy "
+        "of text -> image and image -> text, for seen and held-out pairs separately. A pick is "
+        "right when the caption describes the image.",
+    )
+    c.add_argument(
+        "--model", type=Path, required=True, help="train-clip run, its model/ or a pipeline folder"
+    )
+    c.add_argument("--num", type=positive_int, default=256, help="pool size (>= 2)")
+    c.set_defaults(func=run_clip)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -82,4 +96,34 @@ def run_vae(args: argparse.Namespace) -> int:
         items = [dataset[i] for i in range(min(args.num, len(dataset)))]
         images, captions = torch.stack([x["image"] for x in items]), None
     print(json.dumps(evaluate_vae(vae, images, captions)))
+    return 0
+
+
+def clip_dir(path: Path) -> Path:
+    """The folder holding ``tokenizer.json`` and ``clip/``: ``path`` itself or its ``model/``."""
+    for candidate in (path, path / "model"):
+        if (candidate / "clip" / "config.json").is_file() and (
+            candidate / "tokenizer.json"
+        ).is_file():
+            return candidate
+    raise ValueError(
+        f"{path}: no CLIP here (expected tokenizer.json and clip/ in it or in its model/)"
+    )
+
+
+def run_clip(args: argparse.Namespace) -> int:
+    from dalle.eval.clip import shapes_retrieval
+    from dalle.models.clip import CLIP
+    from dalle.tokenizer import Tokenizer
+
+    folder = clip_dir(args.model)
+    clip = CLIP.load(folder / "clip")
+    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    if tokenizer.vocab_size != clip.cfg.text_vocab:
+        raise ValueError(
+            f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids, clip/ expects {clip.cfg.text_vocab}"
+        )
+    if args.num < 2:
+        raise ValueError(f"--num must be >= 2, got {args.num}")
+    print(json.dumps(shapes_retrieval(clip, tokenizer, args.num)))
     return 0

@@ -3,7 +3,8 @@
 The output contract (benchmarks and users script against it): one PNG per image at the
 model's native resolution, ``OUT/manifest.jsonl`` with one ``{"prompt", "file", "seed",
 "index"}`` line per image (``file`` relative to OUT, ``index`` the image's number within its
-prompt), and ``OUT/grid.png`` with one captioned row per prompt.
+prompt; with ``--rerank`` also ``"score"``, the CLIP similarity, and images best first), and
+``OUT/grid.png`` with one captioned row per prompt.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=positive_int, help="sample from the k likeliest codes")
     p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--rerank",
+        type=positive_int,
+        metavar="N",
+        help="draw N candidates per image and keep the best by CLIP (needs MODEL/clip/)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", type=Path, required=True, help="output folder (empty unless --force)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
@@ -63,7 +70,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def write_outputs(out: Path, prompts: list[str], images: list, num_images: int, seed: int) -> None:
+def write_outputs(
+    out: Path,
+    prompts: list[str],
+    images: list,
+    num_images: int,
+    seed: int,
+    scores: list[float] | None = None,
+) -> None:
     """PNGs, ``manifest.jsonl`` and ``grid.png`` (each written atomically) into ``out``."""
     from dalle.images import captioned_grid, png_bytes
     from dalle.io import write_bytes_atomic
@@ -73,7 +87,10 @@ def write_outputs(out: Path, prompts: list[str], images: list, num_images: int, 
         p, index = divmod(n, num_images)
         name = f"{p:04d}_{index:02d}.png"
         write_bytes_atomic(out / name, png_bytes(image))
-        lines.append(json.dumps({"prompt": prompts[p], "file": name, "seed": seed, "index": index}))
+        entry = {"prompt": prompts[p], "file": name, "seed": seed, "index": index}
+        if scores is not None:
+            entry["score"] = round(scores[n], 4)
+        lines.append(json.dumps(entry))
     write_bytes_atomic(out / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
     rows = [images[p * num_images : (p + 1) * num_images] for p in range(len(prompts))]
     write_bytes_atomic(out / "grid.png", png_bytes(captioned_grid(rows, prompts)))
@@ -89,8 +106,13 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.cond_scale):
         raise ValueError(f"--cond-scale must be finite, got {args.cond_scale}")
     pipe = DallePipeline.from_pretrained(args.model)
+    if args.rerank is not None and pipe.clip is None:
+        raise ValueError(
+            f"--rerank needs a CLIP model, but {args.model} has no clip/ "
+            f"(add one with: dalle train-clip --model {args.model} ...)"
+        )
     out = prepare_output_dir(args.out, force=args.force)
-    images = pipe(
+    result = pipe(
         prompts,
         num_images=args.num_images,
         seed=args.seed,
@@ -99,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         cond_scale=args.cond_scale,
         batch_size=args.batch_size,
+        rerank=args.rerank,
     )
-    write_outputs(out, prompts, images, args.num_images, args.seed)
-    print(f"wrote {len(images)} images, manifest.jsonl and grid.png to {out}")
+    write_outputs(out, prompts, result.images, args.num_images, args.seed, result.scores)
+    print(f"wrote {len(result.images)} images, manifest.jsonl and grid.png to {out}")
     return 0

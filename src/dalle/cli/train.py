@@ -173,7 +173,7 @@ def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, sav
 
     def save(step: int) -> None:
         pipe.save_pretrained(out / "model")
-        images = pipe(prompts, num_images=2, seed=0)
+        images = pipe(prompts, num_images=2, seed=0).images
         sheet = contact_sheet(images, columns=4)
         write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(sheet))
 

@@ -105,22 +105,23 @@ class KVCache:
 class Attention(nn.Module):
     """Multi-head self-attention through ``scaled_dot_product_attention`` with a boolean mask."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
-        self.heads, self.dropout = cfg.heads, cfg.dropout
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
-        start: int,
+        mask: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
         is_causal: bool = False,
     ) -> torch.Tensor:
         """``x`` (B, T, C) at positions ``[start, start + T)``; ``mask`` (T, S) rows of those
-        queries over keys ``[0, S)``; ``kv`` this layer's cache buffers (B, H, max_len, D)."""
+        queries over keys ``[0, S)`` (``None``: every key); ``kv`` this layer's cache buffers
+        (B, H, max_len, D)."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=-1)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
@@ -138,33 +139,38 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, dim: int, mlp_ratio: int):
         super().__init__()
-        self.fc = nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim)
+        self.fc = nn.Linear(dim, mlp_ratio * dim)
+        self.proj = nn.Linear(mlp_ratio * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x)))
 
 
 class Block(nn.Module):
-    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, each branch followed by dropout."""
+    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, each branch followed by dropout.
 
-    def __init__(self, cfg: TransformerConfig, kind: str):
+    Shared by the DALL-E transformer and both CLIP towers; ``kind`` names the attention mask
+    the owner applies (the block itself only receives the mask)."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0, kind: str = "full"
+    ):
         super().__init__()
         self.kind = kind
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio)
+        self.drop = nn.Dropout(dropout)
 
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
-        start: int,
+        mask: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
         is_causal: bool = False,
     ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), mask, kv, start, is_causal))
@@ -180,7 +186,9 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
-        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.attention)
+        self.layers = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, kind) for kind in cfg.attention
+        )
         self.norm = nn.LayerNorm(cfg.dim)
         for kind in sorted(set(cfg.attention)):
             mask = attention_mask(kind, cfg.text_len, cfg.image_grid, cfg.conv_kernel)
