@@ -3,7 +3,7 @@ with a held-out colour-shape pair, from a seed no training run uses), several sa
 generated through the `dalle generate` contract and scored by the shapes checker.
 
     python benchmarks/dalle_fidelity.py [--model demo_out/model] [--prompts 48] [--samples 4]
-        [--cond-scale C] [--temperature T] [--top-k K] [--json FILE]
+        [--cond-scale C] [--temperature T] [--top-k K] [--rerank N] [--json FILE]
 
 Prints a table and writes JSON (machine, torch, threads, settings, timings, figures).
 """
@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--cond-scale", type=float, default=None)
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--rerank", type=int, default=None, help="CLIP candidates per image")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fidelity"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/dalle_fidelity.json"))
     args = parser.parse_args()
@@ -60,6 +61,7 @@ def main() -> int:
         ("--cond-scale", args.cond_scale),
         ("--temperature", args.temperature),
         ("--top-k", args.top_k),
+        ("--rerank", args.rerank),
     ):
         if value is not None:
             cmd += [flag, str(value)]

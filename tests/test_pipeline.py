@@ -165,11 +165,14 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["timings"]) >= {"vae_s", "encode_s", "transformer_s", "generate_s"}
-    assert report["fidelity"]["n"] == 8 and 0 <= report["fidelity"]["overall"] <= 1
+    assert set(report["timings"]) >= {"vae_s", "encode_s", "transformer_s", "clip_s", "generate_s"}
+    for key in ("fidelity", "fidelity_without_rerank"):
+        assert report[key]["n"] == 8 and 0 <= report[key]["overall"] <= 1
+    assert report["sampling"]["rerank"] == demo.RERANK
+    assert 0 <= report["clip"]["retrieval"]["text_to_image"]["seen"] <= 1
     assert (out / "samples.png").is_file()
     pipe = DallePipeline.from_pretrained(out / "model")
-    assert pipe.transformer.cfg.dim == 32
-    lines = (out / "samples" / "manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 8
+    assert pipe.transformer.cfg.dim == 32 and pipe.clip is not None
+    lines = [json.loads(x) for x in (out / "samples" / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all("score" in x for x in lines)
     assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0  # reruns into its folder

@@ -287,7 +287,7 @@ class CLIPConfig:
     image_size: int = 64
     channels: int = 3
     image_tower: str = "conv"
-    conv_widths: tuple[int, ...] = (32, 64, 128, 128)
+    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
     patch: int = 8
     image_dim: int = 128
     image_depth: int = 4

@@ -1,8 +1,9 @@
 """``dalle demo``: the README's first command. On the built-in shapes dataset it trains the
-tokenizer, the dVAE and the transformer within a time budget, saves ``OUT/model/`` (loadable by
-``dalle generate``), draws a fixed set of prompts (some with held-out colour-shape pairs) into
-``OUT/samples.png`` and writes ``OUT/report.json``: timings, dVAE PSNR and the shapes checker's
-prompt fidelity, seen and held-out separately."""
+tokenizer, the dVAE, the transformer and CLIP within a time budget, saves ``OUT/model/``
+(loadable by ``dalle generate``), draws a fixed set of prompts (some with held-out colour-shape
+pairs) with CLIP reranking into ``OUT/samples.png`` and writes ``OUT/report.json``: timings,
+dVAE PSNR, CLIP retrieval and the shapes checker's prompt fidelity with and without reranking,
+seen and held-out separately."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from pathlib import Path
 
 from dalle.cli.common import non_negative_int, positive_float
 
-# Shares of the budget; the rest (a little) is for the tokenizer and the final samples.
-VAE_SHARE = 0.30
+# Shares of the budget; the transformer gets what the others leave, and the final samples
+# (RERANK candidates per image, then a plain draw to compare with) get SAMPLING_SHARE.
+VAE_SHARE = 0.24
 ENCODE_PER_SECOND = 15  # images to encode per second of budget (at most 16 000)
-TRANSFORMER_SHARE = 0.58
+CLIP_SHARE = 0.13
+SAMPLING_SHARE = 0.12
 # Sampling settings of the demo's samples (chosen on its own prompts, not the benchmark's).
 SAMPLING = {"temperature": 0.5, "cond_scale": 2.0}
+RERANK = 8
 PROMPTS = (
     "a large red circle in the top left",
     "a small blue square at the bottom",
@@ -40,12 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="train everything on the built-in shapes dataset and draw prompts (minutes on a CPU)",
-        description="Train a tokenizer, a dVAE and a transformer on the built-in captioned-shapes "
-        "dataset within --minutes, then generate a fixed set of prompts. Writes OUT/model/, "
+        description="Train a tokenizer, a dVAE, a transformer and CLIP on the built-in "
+        "captioned-shapes dataset within --minutes, then generate a fixed set of prompts, "
+        f"keeping the best of {RERANK} candidates per image by CLIP. Writes OUT/model/, "
         "OUT/samples.png, OUT/report.json and the training runs in OUT/runs/.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    p.add_argument("--minutes", type=positive_float, default=9.0, help="total time budget")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="total time budget")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
@@ -54,17 +59,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from dalle.cli.clip import fit_clip
     from dalle.cli.generate import write_outputs
     from dalle.cli.train import encode_data, fit_transformer
-    from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, VAETrainConfig
+    from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, VAE_PRESETS, VAETrainConfig
     from dalle.data.batches import endless_batches
     from dalle.data.shapes import ShapesStream, collate, make_sample
+    from dalle.eval.clip import shapes_retrieval
     from dalle.eval.shapes import fidelity
     from dalle.eval.vae import evaluate_vae
     from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
     from dalle.models.vae import DiscreteVAE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer
+    from dalle.train.clip import CLIPTrainConfig
     from dalle.train.dalle import DalleTrainConfig
     from dalle.train.loop import steps_for_budget
     from dalle.train.vae import PatchCodeObjective, VAEObjective, shapes_eval_set, train_vae
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     t = lap("tokenizer_s", t)
 
     # Stage 1: the dVAE, with the default recipe cut to its share of the budget.
-    print(f"[1/4] dVAE: {VAE_SHARE * budget:.0f} s on the shapes train split", flush=True)
+    print(f"[1/5] dVAE: {VAE_SHARE * budget:.0f} s on the shapes train split", flush=True)
     torch.manual_seed(args.seed)
     vae = DiscreteVAE(VAE_PRESETS["tiny"])
     recipe = VAETrainConfig(seed=args.seed)
@@ -107,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
     # Stage 2: encode a pool of training images once.
     num = min(16000, max(512, int(ENCODE_PER_SECOND * budget)))
-    print(f"[2/4] encoding {num} images with the dVAE", flush=True)
+    print(f"[2/5] encoding {num} images with the dVAE", flush=True)
     tokens = encode_data(vae, "shapes", num, 128, seed=args.seed)
     t = lap("encode_s", t)
 
-    # Stage 3: the transformer, on what is left of its share.
+    # Stage 3: the transformer, on what CLIP and the samples leave.
     left = budget - (time.perf_counter() - t_start)
-    seconds = min(TRANSFORMER_SHARE * budget, left - 0.08 * budget)
-    print(f"[3/4] transformer: {seconds:.0f} s", flush=True)
+    seconds = left - (CLIP_SHARE + SAMPLING_SHARE) * budget
+    print(f"[3/5] transformer: {seconds:.0f} s", flush=True)
     model_cfg = TRANSFORMER_PRESETS["tiny"]
     train_cfg = DalleTrainConfig(seed=args.seed)
     steps = _transformer_steps(model_cfg, train_cfg, tokenizer, vae, tokens, seconds)
@@ -124,15 +132,34 @@ def run(args: argparse.Namespace) -> int:
     )
     t = lap("transformer_s", t)
 
-    # Stage 4: the saved pipeline draws the demo prompts.
-    print(f"[4/4] drawing {len(PROMPTS)} prompts x 4 images", flush=True)
+    # Stage 4: CLIP, the reranker, with the transformer's caption length.
+    seconds = budget - (time.perf_counter() - t_start) - SAMPLING_SHARE * budget
+    print(f"[4/5] CLIP: {seconds:.0f} s", flush=True)
     pipe = DallePipeline.from_pretrained(out / "runs" / "transformer" / "model")
+    clip_cfg = dataclasses.replace(
+        CLIP_PRESETS["tiny"],
+        text_vocab=tokenizer.vocab_size,
+        text_len=pipe.transformer.cfg.text_len,
+    )
+    clip_train = CLIPTrainConfig(seed=args.seed)
+    steps = _clip_steps(clip_cfg, clip_train, tokenizer, seconds)
+    clip_train = dataclasses.replace(clip_train, steps=steps)
+    run = out / "runs" / "clip"
+    pipe.clip, _ = fit_clip(tokenizer, clip_cfg, clip_train, "shapes", run, 10**9)
+    retrieval = shapes_retrieval(pipe.clip, tokenizer)
+    t = lap("clip_s", t)
+
+    # Stage 5: the saved pipeline draws the demo prompts, reranked and plain.
+    print(f"[5/5] drawing {len(PROMPTS)} prompts x 4 images (best of {RERANK} each)", flush=True)
     pipe.save_pretrained(out / "model")
-    samples = pipe(list(PROMPTS), num_images=4, seed=args.seed, **SAMPLING)
+    prompts = list(PROMPTS)
+    best = pipe(prompts, num_images=4, seed=args.seed, rerank=RERANK, **SAMPLING)
+    plain = pipe(prompts, num_images=4, seed=args.seed, **SAMPLING)
     (out / "samples").mkdir(exist_ok=True)
-    write_outputs(out / "samples", list(PROMPTS), samples, 4, args.seed)
+    write_outputs(out / "samples", prompts, best.images, 4, args.seed, best.scores)
     write_bytes_atomic(out / "samples.png", (out / "samples" / "grid.png").read_bytes())
-    fid = fidelity(zip([p for p in PROMPTS for _ in range(4)], samples, strict=True))
+    fid = fidelity(zip(best.prompts, best.images, strict=True))
+    fid_plain = fidelity(zip(plain.prompts, plain.images, strict=True))
     lap("generate_s", t)
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
@@ -148,18 +175,36 @@ def run(args: argparse.Namespace) -> int:
             "steps": train_cfg.steps,
             "config": dataclasses.asdict(pipe.transformer.cfg),
         },
-        "sampling": SAMPLING,
+        "clip": {"steps": clip_train.steps, "retrieval": retrieval},
+        "sampling": {**SAMPLING, "rerank": RERANK},
         "fidelity": fid,
+        "fidelity_without_rerank": fid_plain,
         "prompts": list(PROMPTS),
     }
     write_json_atomic(out / "report.json", report)
-    seen, held = fid["seen"], fid["held_out"]
     print(
         f"done in {timings['total_s']:.0f} s: dVAE {vae_report['psnr']:.1f} dB; prompt fidelity "
-        f"seen {100 * seen:.0f} %, held-out {100 * held:.0f} %. Images: {out}/samples.png; "
+        f"with reranking {_pct(fid)}, without {_pct(fid_plain)}. Images: {out}/samples.png; "
         f"model: {out}/model (try: dalle generate --model {out}/model 'a red circle' --out gen)"
     )
     return 0
+
+
+def _pct(fid: dict) -> str:
+    """``seen 40 %, held-out 20 %`` (a group without prompts prints as n/a)."""
+    part = {k: "n/a" if fid[k] is None else f"{100 * fid[k]:.0f} %" for k in ("seen", "held_out")}
+    return f"seen {part['seen']}, held-out {part['held_out']}"
+
+
+def _clip_steps(clip_cfg, train_cfg, tokenizer, seconds: float) -> int:
+    """Steps of the CLIP objective (data included) that fit in ``seconds`` on this machine."""
+    from dalle.cli.clip import clip_batches
+    from dalle.models.clip import CLIP
+    from dalle.train.clip import CLIPObjective
+    from dalle.train.loop import steps_for_budget
+
+    batches = clip_batches("shapes", clip_cfg.image_size, train_cfg.batch_size, train_cfg.seed)
+    return steps_for_budget(CLIP(clip_cfg), CLIPObjective(tokenizer), batches, seconds)
 
 
 def _transformer_steps(model_cfg, train_cfg, tokenizer, vae, tokens, seconds: float) -> int:
