@@ -54,6 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
     t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
+    t.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=500,
+        help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
+    )
+    t.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
+    )
     t.add_argument("--force", action="store_true", help="write into a non-empty run folder")
     t.set_defaults(func=run_train)
 
@@ -115,6 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.io import prepare_output_dir
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
+    from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.dalle import DalleTrainConfig
 
     if (args.tokens is None) == (args.data is None):
@@ -134,23 +147,41 @@ def run_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     train_cfg = with_overrides(DalleTrainConfig(), overrides)
-    out = prepare_output_dir(args.out, force=args.force)
+    if args.resume and not args.out.is_dir():
+        raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
+    out = prepare_output_dir(args.out, force=args.force or args.resume)
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
-    report = fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every)
+    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
+    report = fit_transformer(
+        vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every, checkpoint, args.resume
+    )
     print(json.dumps(report))
     return 0
 
 
-def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, save_every: int):
+def fit_transformer(
+    vae,
+    tokens,
+    tokenizer,
+    model_cfg,
+    train_cfg,
+    out: Path,
+    save_every: int,
+    checkpoint=None,
+    resume: bool = False,
+):
     """Tokenizer (trained if ``None``), transformer sized to it and the dVAE, trained on
-    ``tokens``; saves ``out/model/`` and sample grids. Returns the last training metrics."""
+    ``tokens``; saves ``out/model/`` and sample grids. Returns the last training metrics.
+    ``checkpoint`` / ``resume``: see :func:`dalle.train.loop.train`; a resumed run must have
+    the settings it was started with (``out/train_config.json``)."""
     import torch
 
+    from dalle.config import to_dict
     from dalle.data.tokens import token_batches
     from dalle.images import contact_sheet, png_bytes
-    from dalle.io import write_bytes_atomic
+    from dalle.io import write_bytes_atomic, write_json_atomic
     from dalle.models.dalle import DALLE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer
@@ -165,6 +196,12 @@ def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, sav
     if tokenizer is None:
         tokenizer = Tokenizer.train(tokens.captions, vocab_size=1024)
     model_cfg = sized_config(model_cfg, tokenizer, vae)
+    settings = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "rows": len(tokens)}
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
+    recorded = out / "train_config.json"
+    if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
+        raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
+    write_json_atomic(recorded, settings)
     text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
     torch.manual_seed(train_cfg.seed)
     model = DALLE(model_cfg)
@@ -178,7 +215,10 @@ def fit_transformer(vae, tokens, tokenizer, model_cfg, train_cfg, out: Path, sav
         write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(sheet))
 
     batches = token_batches(text, tokens.codes, train_cfg.batch_size, train_cfg.seed)
-    return train_dalle(model, train_cfg, batches, out, [Callback(save_every, save)])
+    callbacks = [Callback(save_every, save)]
+    return train_dalle(
+        model, train_cfg, batches, out, callbacks, checkpoint=checkpoint, resume=resume
+    )
 
 
 def sized_config(model_cfg, tokenizer, vae):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle.models.dalle import DALLE
+from dalle.train.checkpoint import CheckpointConfig
 from dalle.train.loop import Callback, OptimConfig, train
 
 
@@ -96,6 +97,14 @@ class DalleObjective:
         self.cfg = cfg
         self.generator = generator
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The caption-dropout generator's state (saved in training checkpoints)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
+
     def __call__(
         self, model: DALLE, batch: tuple[torch.Tensor, torch.Tensor], step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -112,9 +121,23 @@ def train_dalle(
     run_dir: Path,
     callbacks: list[Callback] = (),  # type: ignore[assignment]
     progress: bool = True,
+    checkpoint: CheckpointConfig | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics."""
+    """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
+    ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`."""
     torch.manual_seed(cfg.seed)
     optim = OptimConfig.of(cfg, betas=(0.9, 0.95))
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed))
-    return train(model, objective, batches, optim, run_dir, list(callbacks), "train", progress)
+    return train(
+        model,
+        objective,
+        batches,
+        optim,
+        run_dir,
+        list(callbacks),
+        "train",
+        progress,
+        checkpoint=checkpoint,
+        resume=resume,
+    )

@@ -2,8 +2,9 @@
 
 An objective maps ``(model, batch, step)`` to ``(loss, metrics)``. The loop owns the rest:
 AdamW (no weight decay on biases, norms and embeddings), warm-up + cosine learning rate,
-gradient clipping, seeding, a progress bar, JSONL metrics and periodic callbacks (checkpoints,
-sample grids) in the run folder.
+gradient clipping, seeding, a progress bar, JSONL metrics, periodic callbacks (model folders,
+sample grids) and training checkpoints that resume exactly (``dalle.train.checkpoint``). An
+objective with random state of its own exposes it as ``state_dict`` / ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from dalle.train.checkpoint import CheckpointConfig, load_latest, save_checkpoint
 from dalle.train.schedules import lr_factor
 
 
@@ -80,54 +82,127 @@ def train(
     desc: str = "train",
     progress: bool = True,
     step_offset: int = 0,
+    checkpoint: CheckpointConfig | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Run ``cfg.steps`` optimisation steps; returns the last logged metrics. ``step_offset``
-    shifts the step numbers that metrics and callbacks see (a later phase of one run)."""
+    shifts the step numbers that metrics and callbacks see (a later phase of one run).
+
+    With ``checkpoint``, the full training state is saved every ``checkpoint.every`` steps, at
+    the end and on Ctrl-C. ``resume`` restores the newest checkpoint in ``run_dir`` and draws
+    (and drops) as many batches as it had used, so the run continues exactly as if it had
+    never stopped, given the same ``batches`` iterator and settings.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None and step_offset:
+        raise ValueError("checkpoints cover single-phase runs (step_offset 0)")
     opt = make_optimizer(model, cfg)
+    start = _resume(run_dir, model, opt, objective, cfg) if resume else 0
+    for _ in range(start):  # the data position: batch iterators are deterministic
+        next(batches)
     model.train()
     last: dict[str, float] = {}
+    done = start
+
+    def save(step: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+        state["rng"] = torch.get_rng_state()
+        state["objective"] = objective.state_dict() if hasattr(objective, "state_dict") else {}
+        save_checkpoint(run_dir, step, state, checkpoint.keep)  # type: ignore[union-attr]
+
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=desc,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
-        for step in bar:
-            lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, metrics = objective(model, next(batches), step)
-            if not torch.isfinite(loss):
-                raise ValueError(f"{desc}: loss became {loss.item()} at step {step}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                metrics["grad_norm"] = float(
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                )
-            opt.step()
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                elapsed = time.perf_counter() - t0
-                last = {
-                    "step": step_offset + done,
-                    "loss": float(loss.detach()),
-                    "lr": lr,
-                    "elapsed_s": round(elapsed, 2),
-                    **metrics,
-                }
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-                bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
-                    | {"loss": f"{float(loss.detach()):.4g}"}
-                )
-            for cb in callbacks:
-                if done % cb.every == 0 or done == cfg.steps:
-                    model.eval()
-                    cb.fn(step_offset + done)
-                    model.train()
+        try:
+            for step in bar:
+                lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, metrics = objective(model, next(batches), step)
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"{desc}: loss became {loss.item()} at step {step}; lower --lr"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    metrics["grad_norm"] = float(
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    )
+                opt.step()
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    elapsed = time.perf_counter() - t0
+                    last = {
+                        "step": step_offset + done,
+                        "loss": float(loss.detach()),
+                        "lr": lr,
+                        "elapsed_s": round(elapsed, 2),
+                        **metrics,
+                    }
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    bar.set_postfix(
+                        {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
+                        | {"loss": f"{float(loss.detach()):.4g}"}
+                    )
+                if checkpoint is not None and (done % checkpoint.every == 0 or done == cfg.steps):
+                    save(done)
+                for cb in callbacks:
+                    if done % cb.every == 0 or done == cfg.steps:
+                        model.eval()
+                        cb.fn(step_offset + done)
+                        model.train()
+        except KeyboardInterrupt:
+            if checkpoint is not None and done > start:
+                save(done)  # the state after the last whole step
+                print(f"\n{desc}: interrupted; saved step {done}, continue with --resume")
+            raise
     model.eval()
     return last
+
+
+def _resume(
+    run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, objective, cfg: OptimConfig
+) -> int:
+    """Load the newest checkpoint of ``run_dir`` into the training state; returns its step."""
+    state = load_latest(run_dir)
+    if state is None:
+        raise ValueError(f"nothing to resume: {run_dir} has no readable checkpoint")
+    step = int(state["step"])
+    if step > cfg.steps:
+        raise ValueError(f"the checkpoint is at step {step}, past the run's {cfg.steps} steps")
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"the checkpoint does not fit this model: {first}") from None
+    torch.set_rng_state(state["rng"])
+    if hasattr(objective, "load_state_dict"):
+        objective.load_state_dict(state["objective"])
+    _trim_metrics(run_dir / "metrics.jsonl", step)
+    return step
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the metrics lines logged after ``step`` (the resumed run logs them again)."""
+    if not path.is_file():
+        return
+    from dalle.io import write_bytes_atomic
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    write_bytes_atomic(path, "".join(x + "\n" for x in kept).encode())
 
 
 def steps_for_budget(

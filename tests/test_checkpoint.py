@@ -1,0 +1,129 @@
+"""Training checkpoints: a run stopped and resumed ends bit-identical to one that never stopped;
+a damaged newest checkpoint falls back to the one before; only the newest K are kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.cli import main
+from dalle.config import TransformerConfig
+from dalle.data.tokens import token_batches
+from dalle.models.dalle import DALLE
+from dalle.train.checkpoint import CheckpointConfig, checkpoints, load_latest
+from dalle.train.dalle import DalleTrainConfig, train_dalle
+
+CFG = TransformerConfig(text_vocab=20, text_len=4, image_vocab=8, image_grid=2, dim=16,
+                        depth=1, heads=2, dropout=0.1, attention=("full",))  # fmt: skip
+TRAIN = DalleTrainConfig(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, caption_dropout=0.5)
+
+
+class Stop(Exception):
+    pass
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, 20, (24, 4), generator=g), torch.randint(0, 8, (24, 4), generator=g)
+
+
+def _run(run_dir: Path, stop_at: int | None = None, resume: bool = False) -> DALLE:
+    """Train a fresh model (init seed 0) for TRAIN.steps; ``stop_at`` raises after that step."""
+    from dalle.train.loop import Callback
+
+    torch.manual_seed(0)
+    model = DALLE(CFG)
+    text, codes = _data()
+
+    def stop(step: int) -> None:
+        if step == stop_at:
+            raise Stop
+
+    callbacks = [Callback(1, stop)] if stop_at else []
+    batches = token_batches(text, codes, TRAIN.batch_size, TRAIN.seed)
+    train_dalle(model, TRAIN, batches, run_dir, callbacks, False, CheckpointConfig(every=2), resume)
+    return model
+
+
+def _equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    whole = _run(tmp_path / "whole")
+    with pytest.raises(Stop):
+        _run(tmp_path / "cut", stop_at=5)  # checkpoints at 2 and 4; step 5 is lost
+    assert [p.name for p in checkpoints(tmp_path / "cut")] == [
+        "step_00000002.pt",
+        "step_00000004.pt",
+    ]
+    resumed = _run(tmp_path / "cut", resume=True)
+    assert _equal(whole, resumed)
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    whole = _run(tmp_path / "whole")
+    with pytest.raises(Stop):
+        _run(tmp_path / "cut", stop_at=7)  # checkpoints at 2, 4, 6
+    newest = checkpoints(tmp_path / "cut")[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # as if the machine died mid-write
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+        assert load_latest(tmp_path / "cut")["step"] == 4
+    with pytest.warns(UserWarning):
+        resumed = _run(tmp_path / "cut", resume=True)
+    assert _equal(whole, resumed)
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    _run(tmp_path / "run")  # checkpoints at 2, 4, 6, 8; keep 3
+    assert [p.name for p in checkpoints(tmp_path / "run")] == [
+        "step_00000004.pt",
+        "step_00000006.pt",
+        "step_00000008.pt",
+    ]
+    with pytest.raises(ValueError, match="every and keep must be >= 1"):
+        CheckpointConfig(every=0)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="has no readable checkpoint"):
+        _run(tmp_path / "empty", resume=True)
+
+
+def test_cli_resume_continues_a_run_exactly(tmp_path, capsys):
+    """`dalle train --resume` from the step-3 checkpoint of a 6-step run ends where it ended."""
+    from dalle.config import VAEConfig
+    from dalle.models.folder import WEIGHTS_FILE
+    from dalle.models.vae import DiscreteVAE
+
+    torch.manual_seed(0)
+    DiscreteVAE(VAEConfig(downsample=16, vocab_size=16, n_hid=8, n_init=8)).save(tmp_path / "vae")
+    tokens = tmp_path / "tokens.safetensors"
+    argv = ["encode", "--vae", str(tmp_path / "vae"), "--data", "shapes", "--num", "16"]
+    assert main([*argv, "--out", str(tokens)]) == 0
+    run = tmp_path / "run"
+
+    def train(out: Path, steps: int = 6, *extra: str) -> int:
+        argv = ["train", "--vae", str(tmp_path / "vae"), "--tokens", str(tokens), "--out", str(out)]
+        argv += ["--steps", str(steps), "--batch-size", "4", "--checkpoint-every", "3"]
+        return main([*argv, "--save-every", "6", *extra])
+
+    assert train(run) == 0
+    final = (run / "model" / "transformer" / WEIGHTS_FILE).read_bytes()
+    checkpoints(run)[-1].unlink()  # lose the step-6 checkpoint: resume from step 3
+    (run / "model" / "transformer" / WEIGHTS_FILE).unlink()
+    assert train(run, 6, "--resume") == 0
+    assert (run / "model" / "transformer" / WEIGHTS_FILE).read_bytes() == final
+    capsys.readouterr()
+    assert train(run, 7, "--resume") == 2  # other settings than the run's
+    assert "--resume needs the settings" in capsys.readouterr().err
+    assert train(tmp_path / "none", 6, "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
