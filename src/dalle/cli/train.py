@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
+    t.add_argument(
+        "--accumulate", type=positive_int, help="batches per optimisation step (default 1)"
+    )
+    t.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
+    )
     t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
     t.add_argument(
@@ -127,6 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.io import prepare_output_dir
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
+    from dalle.train import distributed
     from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.dalle import DalleTrainConfig
 
@@ -145,11 +154,17 @@ def run_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "caption_dropout": args.caption_dropout,
         "seed": args.seed,
+        "accumulate": args.accumulate,
+        "precision": args.precision,
     }
     train_cfg = with_overrides(DalleTrainConfig(), overrides)
     if args.resume and not args.out.is_dir():
         raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
-    out = prepare_output_dir(args.out, force=args.force or args.resume)
+    distributed.setup()  # joins the process group under torchrun; rank 0 writes the files
+    if distributed.is_main():
+        prepare_output_dir(args.out, force=args.force or args.resume)
+    distributed.barrier()
+    out = args.out
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
@@ -157,7 +172,8 @@ def run_train(args: argparse.Namespace) -> int:
     report = fit_transformer(
         vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every, checkpoint, args.resume
     )
-    print(json.dumps(report))
+    if distributed.is_main():
+        print(json.dumps(report))
     return 0
 
 
@@ -185,6 +201,7 @@ def fit_transformer(
     from dalle.models.dalle import DALLE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer
+    from dalle.train import distributed
     from dalle.train.dalle import train_dalle
     from dalle.train.loop import Callback
 
@@ -201,7 +218,8 @@ def fit_transformer(
     recorded = out / "train_config.json"
     if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
         raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
-    write_json_atomic(recorded, settings)
+    if distributed.is_main():
+        write_json_atomic(recorded, settings)
     text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
     torch.manual_seed(train_cfg.seed)
     model = DALLE(model_cfg)

@@ -78,6 +78,8 @@ class DalleTrainConfig:
     image_weight: float = 7 / 8
     caption_dropout: float = 0.15  # trains the unconditional model for guidance
     seed: int = 0
+    accumulate: int = 1  # batches per optimisation step
+    precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

@@ -10,6 +10,7 @@ objective with random state of its own exposes it as ``state_dict`` / ``load_sta
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from dalle.train import distributed
 from dalle.train.checkpoint import CheckpointConfig, load_latest, save_checkpoint
 from dalle.train.schedules import lr_factor
 
@@ -29,8 +31,16 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
+    """How the loop optimises. ``accumulate`` batches make one step; ``precision`` ``bf16``
+    runs the objective under bf16 autocast, ``fp16`` under fp16 autocast with a gradient
+    scaler (CUDA only); a step whose loss or gradient is not finite is skipped, and
+    ``max_bad_steps`` of them in a row stop the run."""
+
     steps: int
     lr: float
     warmup_steps: int = 0
@@ -39,13 +49,29 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float | None = 1.0
     log_every: int = 10
+    accumulate: int = 1
+    precision: str = "fp32"
+    max_bad_steps: int = 5
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.accumulate < 1 or self.max_bad_steps < 1:
+            raise ValueError(
+                f"steps, accumulate and max_bad_steps must be >= 1, got {self.steps}, "
+                f"{self.accumulate}, {self.max_bad_steps}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @classmethod
     def of(cls, recipe: Any, **extra: Any) -> OptimConfig:
         """The optimisation fields of a model's training config (steps, lr, warm-up, decay,
-        clipping), plus ``extra``."""
+        clipping; accumulation, precision and the bad-step limit where it has them), plus
+        ``extra``."""
         names = ("steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
-        return cls(**{n: getattr(recipe, n) for n in names}, **extra)
+        optional = ("accumulate", "precision", "max_bad_steps")
+        fields = {n: getattr(recipe, n) for n in names}
+        fields |= {n: getattr(recipe, n) for n in optional if hasattr(recipe, n)}
+        return cls(**fields, **extra)
 
 
 @dataclass
@@ -97,19 +123,41 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None and step_offset:
         raise ValueError("checkpoints cover single-phase runs (step_offset 0)")
+    device = next(model.parameters()).device
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device; use bf16 on this machine")
     opt = make_optimizer(model, cfg)
-    start = _resume(run_dir, model, opt, objective, cfg) if resume else 0
-    for _ in range(start):  # the data position: batch iterators are deterministic
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    start = _resume(run_dir, model, opt, scaler, objective, cfg) if resume else 0
+    world, main = distributed.world_size(), distributed.is_main()
+    if world > 1:  # every rank draws the global batch and keeps its slice
+        batches = (distributed.shard(b, distributed.rank(), world) for b in batches)
+    for _ in range(start * cfg.accumulate):  # the data position: batch iterators are deterministic
         next(batches)
     model.train()
     last: dict[str, float] = {}
-    done = start
+    done, skipped, in_a_row = start, 0, 0
 
     def save(step: int) -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+        state["scaler"] = scaler.state_dict()
         state["rng"] = torch.get_rng_state()
         state["objective"] = objective.state_dict() if hasattr(objective, "state_dict") else {}
         save_checkpoint(run_dir, step, state, checkpoint.keep)  # type: ignore[union-attr]
+
+    def forward_backward(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """``accumulate`` batches of one step; stops at the first non-finite loss (the rest of
+        the step's batches are still drawn, so the data position never depends on it)."""
+        for i in range(cfg.accumulate):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, metrics = objective(model, next(batches), step)
+            if not torch.isfinite(loss):
+                for _ in range(cfg.accumulate - i - 1):
+                    next(batches)
+                return loss, metrics
+            scaler.scale(loss / cfg.accumulate).backward()
+        return loss, metrics
 
     t0 = time.perf_counter()
     bar = tqdm(
@@ -118,27 +166,38 @@ def train(
         total=cfg.steps,
         desc=desc,
         unit="step",
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
     )
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as log:
+    metrics_path = run_dir / "metrics.jsonl" if main else Path(os.devnull)
+    with open(metrics_path, "a", encoding="utf-8") as log:
         try:
             for step in bar:
                 lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, metrics = objective(model, next(batches), step)
-                if not torch.isfinite(loss):
-                    raise ValueError(
-                        f"{desc}: loss became {loss.item()} at step {step}; lower --lr"
-                    )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    metrics["grad_norm"] = float(
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    )
-                opt.step()
+                loss, metrics = forward_backward(step)
+                finite = distributed.all_ranks_agree(bool(torch.isfinite(loss)), device)
+                if finite:
+                    distributed.average_gradients(model)
+                if finite and cfg.grad_clip:
+                    scaler.unscale_(opt)
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    metrics["grad_norm"] = float(norm)
+                    finite = bool(torch.isfinite(norm))
+                if finite:
+                    scaler.step(opt)
+                    scaler.update()
+                    in_a_row = 0
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    skipped, in_a_row = skipped + 1, in_a_row + 1
+                    if in_a_row >= cfg.max_bad_steps:
+                        raise ValueError(
+                            f"{desc}: the loss or gradient was not finite for {in_a_row} steps "
+                            f"in a row (last at step {step}); lower --lr"
+                        )
                 done = step + 1
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     elapsed = time.perf_counter() - t0
@@ -148,6 +207,7 @@ def train(
                         "lr": lr,
                         "elapsed_s": round(elapsed, 2),
                         **metrics,
+                        "skipped_steps": skipped,
                     }
                     log.write(json.dumps(last) + "\n")
                     log.flush()
@@ -155,6 +215,8 @@ def train(
                         {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
                         | {"loss": f"{float(loss.detach()):.4g}"}
                     )
+                if not main:
+                    continue
                 if checkpoint is not None and (done % checkpoint.every == 0 or done == cfg.steps):
                     save(done)
                 for cb in callbacks:
@@ -163,7 +225,7 @@ def train(
                         cb.fn(step_offset + done)
                         model.train()
         except KeyboardInterrupt:
-            if checkpoint is not None and done > start:
+            if main and checkpoint is not None and done > start:
                 save(done)  # the state after the last whole step
                 print(f"\n{desc}: interrupted; saved step {done}, continue with --resume")
             raise
@@ -172,7 +234,12 @@ def train(
 
 
 def _resume(
-    run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, objective, cfg: OptimConfig
+    run_dir: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    objective: Objective,
+    cfg: OptimConfig,
 ) -> int:
     """Load the newest checkpoint of ``run_dir`` into the training state; returns its step."""
     state = load_latest(run_dir)
@@ -187,10 +254,13 @@ def _resume(
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"the checkpoint does not fit this model: {first}") from None
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state["objective"])
-    _trim_metrics(run_dir / "metrics.jsonl", step)
+    if distributed.is_main():
+        _trim_metrics(run_dir / "metrics.jsonl", step)
     return step
 
 

@@ -1,0 +1,139 @@
+"""The shared training loop: gradient accumulation, non-finite steps, bf16 autocast."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from dalle.train.loop import OptimConfig, train
+
+
+class Regression:
+    """Mean squared error of a linear model; ``nan_at`` steps return a NaN loss."""
+
+    def __init__(self, nan_at: set[int] = frozenset()):
+        self.nan_at = nan_at
+
+    def __call__(self, model, batch, step):
+        x, y = batch
+        loss = ((model(x) - y) ** 2).mean()
+        if step in self.nan_at:
+            loss = loss * float("nan")
+        return loss, {}
+
+
+def _batches(n: int, size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n * size, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(n * size, 1, generator=g)
+    return list(zip(x.split(size), y.split(size), strict=True))
+
+
+def _model() -> torch.nn.Linear:
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 1)
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path):
+    halves = _batches(8, 4)
+    fulls = [
+        (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+        for a, b in zip(halves[::2], halves[1::2], strict=True)
+    ]
+    a, b = _model(), _model()
+    cfg = OptimConfig(steps=4, lr=0.1, grad_clip=None)
+    train(a, Regression(), iter(fulls), cfg, tmp_path / "a", progress=False)
+    train(
+        b,
+        Regression(),
+        iter(halves),
+        OptimConfig(steps=4, lr=0.1, grad_clip=None, accumulate=2),
+        tmp_path / "b",
+        progress=False,
+    )
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path):
+    batches = _batches(6, 8)
+    skipping, reference = _model(), _model()
+    last = train(
+        skipping,
+        Regression(nan_at={2}),
+        iter(batches),
+        OptimConfig(steps=6, lr=0.1),
+        tmp_path / "a",
+        progress=False,
+    )
+    assert last["skipped_steps"] == 1
+    # Skipping step 2 = training on the other batches with the same learning rates.
+    from dalle.train.schedules import lr_factor
+
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+    for step, (x, y) in enumerate(batches):
+        if step == 2:
+            continue
+        for g in opt.param_groups:
+            g["lr"] = 0.1 * lr_factor(step, 6, 0, 0.1)
+        opt.zero_grad()
+        ((reference(x) - y) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        opt.step()
+    for p, q in zip(skipping.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path):
+    cfg = OptimConfig(steps=10, lr=0.1, max_bad_steps=3)
+    with pytest.raises(ValueError, match="not finite for 3 steps in a row"):
+        train(
+            _model(),
+            Regression(nan_at={4, 5, 6}),
+            iter(_batches(10, 4)),
+            cfg,
+            tmp_path,
+            progress=False,
+        )
+    # Two in a row, then a good step, then two more: never three in a row.
+    last = train(
+        _model(),
+        Regression(nan_at={1, 2, 4, 5}),
+        iter(_batches(10, 4)),
+        cfg,
+        tmp_path,
+        progress=False,
+    )
+    assert last["skipped_steps"] == 4
+
+
+def test_bf16_autocast_trains(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+    batches = itertools.cycle(_batches(4, 32))
+    first = Regression()(model, next(iter(_batches(1, 32))), 0)[0].item()
+    last = train(
+        model,
+        Regression(),
+        batches,
+        OptimConfig(steps=60, lr=0.01, precision="bf16"),
+        tmp_path,
+        progress=False,
+    )
+    assert last["loss"] < 0.5 * first
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+def test_bad_precision_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        OptimConfig(steps=1, lr=0.1, precision="fp8")
+    with pytest.raises(ValueError, match="fp16 training needs a CUDA device"):
+        train(
+            _model(),
+            Regression(),
+            iter(_batches(1, 4)),
+            OptimConfig(steps=1, lr=0.1, precision="fp16"),
+            tmp_path,
+            progress=False,
+        )
