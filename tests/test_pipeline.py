@@ -15,6 +15,7 @@ from dalle.config import VAEConfig
 from dalle.data.shapes import make_sample
 from dalle.data.tokens import TokenSet
 from dalle.images import image_to_tensor
+from dalle.models.folder import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 
@@ -45,6 +46,16 @@ def test_encode_writes_codes_and_captions(trained):
     assert tokens.captions == [s.caption for s in samples]
     assert (tokens.grid, tokens.vocab_size) == (8, 32)
     assert torch.equal(tokens.codes, vae.encode(images))
+    assert tokens.vae_id == fingerprint(vae) and len(tokens.vae_id) == 16
+
+
+def test_token_file_from_another_vae_is_refused(trained, tmp_path, capsys):
+    torch.manual_seed(123)
+    DiscreteVAE(VAE).save(tmp_path / "other")  # same architecture, other weights
+    argv = ["train", "--vae", str(tmp_path / "other"), "--tokens", str(trained["tokens"])]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
+    assert "encoded by another dVAE" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_token_file_round_trip_and_bad_files(tmp_path):
@@ -52,7 +63,7 @@ def test_token_file_round_trip_and_bad_files(tmp_path):
     ts = TokenSet(codes, [f"caption {i}" for i in range(5)], 2, 40000)
     ts.save(tmp_path / "t.safetensors")
     back = TokenSet.load(tmp_path / "t.safetensors")
-    assert torch.equal(back.codes, codes) and back.captions == ts.captions
+    assert torch.equal(back.codes, codes) and back.captions == ts.captions and back.vae_id == ""
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="unreadable token file"):
         TokenSet.load(tmp_path / "bad.safetensors")

@@ -10,9 +10,20 @@ import argparse
 import sys
 
 from dalle import __version__
-from dalle.cli import clip, convert, data, demo, evaluate, generate, tokenizer, train, vae
+from dalle.cli import (
+    clip,
+    convert,
+    data,
+    demo,
+    evaluate,
+    generate,
+    plot,
+    tokenizer,
+    train,
+    vae,
+)
 
-COMMANDS = (data, tokenizer, vae, train, clip, generate, evaluate, convert, demo)
+COMMANDS = (data, tokenizer, vae, train, clip, generate, evaluate, plot, convert, demo)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -70,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
     t.add_argument(
+        "--device",
+        help="cpu, cuda or cuda:N (default: cuda when available; under torchrun "
+        "each process its own GPU)",
+    )
+    t.add_argument(
         "--resume",
         action="store_true",
         help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
@@ -88,32 +93,49 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--batch-size-encode", type=positive_int, default=64, help=argparse.SUPPRESS)
 
 
-def image_batches(data: str, image_size: int, num: int, batch_size: int, seed: int = 0) -> Iterator:
-    """``(images (B, C, H, W), captions)`` in order over ``num`` shapes samples or a whole folder."""
-    import torch
-
+def open_images(data: str, image_size: int, num: int, seed: int = 0):
+    """The map-style dataset of ``--data``: ``num`` shapes samples or a whole folder."""
     from dalle.data.folder import ImageFolderDataset
     from dalle.data.shapes import CANVAS, ShapesDataset
 
     if data == "shapes":
         if image_size != CANVAS:
             raise ValueError(f"--data shapes has {CANVAS} px images; the dVAE expects {image_size}")
-        dataset = ShapesDataset("train", num, seed)
-    else:
-        dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
+        return ShapesDataset("train", num, seed)
+    return ImageFolderDataset(Path(data), image_size, seed=seed)
+
+
+def image_batches(dataset, batch_size: int) -> Iterator:
+    """``(images (B, C, H, W), captions)`` in order over a map-style dataset, each item once;
+    a folder's unreadable pairs are left out."""
+    import torch
+
+    get = getattr(dataset, "get", dataset.__getitem__)
+    items: list[dict] = []
+    for i in range(len(dataset)):
+        item = get(i)
+        if item is not None:
+            items.append(item)
+        if len(items) == batch_size or (i == len(dataset) - 1 and items):
+            yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
+            items = []
 
 
 def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
-    """Encode a dataset with a progress bar; returns a :class:`dalle.data.tokens.TokenSet`."""
+    """Encode a dataset with a progress bar; returns a :class:`dalle.data.tokens.TokenSet`.
+    Unreadable files of a folder are skipped and reported on stderr."""
+    import sys
+
     from tqdm import tqdm
 
     from dalle.data.tokens import encode_pairs
 
-    batches = image_batches(data, vae.cfg.image_size, num, batch_size, seed)
-    return encode_pairs(vae, tqdm(batches, desc="encode", unit="batch", dynamic_ncols=True))
+    dataset = open_images(data, vae.cfg.image_size, num, seed)
+    batches = image_batches(dataset, batch_size)
+    tokens = encode_pairs(vae, tqdm(batches, desc="encode", unit="batch", dynamic_ncols=True))
+    if getattr(dataset, "report", None) and dataset.report():
+        print(f"encode: {dataset.report()}", file=sys.stderr)
+    return tokens
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -130,6 +152,8 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch
+
     from dalle.config import TRANSFORMER_PRESETS, preset
     from dalle.data.tokens import TokenSet
     from dalle.io import prepare_output_dir
@@ -147,6 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.tokens
         else encode_data(vae, args.data, args.num, args.batch_size_encode)
     )
+    check_tokens(tokens, vae)  # before anything is written
     tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
     overrides = {
         "steps": args.steps,
@@ -169,8 +194,18 @@ def run_train(args: argparse.Namespace) -> int:
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
     checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = fit_transformer(
-        vae, tokens, tokenizer, model_cfg, train_cfg, out, args.save_every, checkpoint, args.resume
+        vae,
+        tokens,
+        tokenizer,
+        model_cfg,
+        train_cfg,
+        out,
+        args.save_every,
+        checkpoint,
+        args.resume,
+        device,
     )
     if distributed.is_main():
         print(json.dumps(report))
@@ -187,6 +222,7 @@ def fit_transformer(
     save_every: int,
     checkpoint=None,
     resume: bool = False,
+    device: str = "cpu",
 ):
     """Tokenizer (trained if ``None``), transformer sized to it and the dVAE, trained on
     ``tokens``; saves ``out/model/`` and sample grids. Returns the last training metrics.
@@ -205,11 +241,7 @@ def fit_transformer(
     from dalle.train.dalle import train_dalle
     from dalle.train.loop import Callback
 
-    if tokens.grid != vae.cfg.grid_size or tokens.vocab_size != vae.cfg.vocab_size:
-        raise ValueError(
-            f"the token file holds {tokens.grid}x{tokens.grid} codes of {tokens.vocab_size} but "
-            f"the dVAE makes {vae.cfg.grid_size}x{vae.cfg.grid_size} of {vae.cfg.vocab_size}"
-        )
+    check_tokens(tokens, vae)
     if tokenizer is None:
         tokenizer = Tokenizer.train(tokens.captions, vocab_size=1024)
     model_cfg = sized_config(model_cfg, tokenizer, vae)
@@ -219,11 +251,12 @@ def fit_transformer(
     if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
         raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
     if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(recorded, settings)
     text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
     torch.manual_seed(train_cfg.seed)
-    model = DALLE(model_cfg)
-    pipe = DallePipeline(tokenizer, vae, model)
+    model = DALLE(model_cfg).to(device)
+    pipe = DallePipeline(tokenizer, vae.to(device), model)
     prompts = list(dict.fromkeys(tokens.captions[:64]))[:8]
 
     def save(step: int) -> None:
@@ -237,6 +270,22 @@ def fit_transformer(
     return train_dalle(
         model, train_cfg, batches, out, callbacks, checkpoint=checkpoint, resume=resume
     )
+
+
+def check_tokens(tokens, vae) -> None:
+    """ValueError unless the token file's codes come from ``vae`` (fingerprint, grid, codebook)."""
+    from dalle.models.folder import fingerprint
+
+    if tokens.vae_id and tokens.vae_id != fingerprint(vae):
+        raise ValueError(
+            f"the token file was encoded by another dVAE (id {tokens.vae_id}, this one is "
+            f"{fingerprint(vae)}): encode again with `dalle encode --vae` of this dVAE"
+        )
+    if tokens.grid != vae.cfg.grid_size or tokens.vocab_size != vae.cfg.vocab_size:
+        raise ValueError(
+            f"the token file holds {tokens.grid}x{tokens.grid} codes of {tokens.vocab_size} but "
+            f"the dVAE makes {vae.cfg.grid_size}x{vae.cfg.grid_size} of {vae.cfg.vocab_size}"
+        )
 
 
 def sized_config(model_cfg, tokenizer, vae):

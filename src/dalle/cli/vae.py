@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         images, captions = next(batches)[:16], None
     train_vae(vae, train_cfg, batches, out, images[:16], save_every=args.save_every)
     report = evaluate_vae(vae, images, captions)
+    if args.data != "shapes":
+        report["skipped_files"] = len(dataset.skipped)
+        if dataset.report():
+            print(f"train-vae: {dataset.report()}", file=sys.stderr)
     write_json_atomic(out / "eval.json", report)
     print(json.dumps(report))
     return 0

@@ -1,6 +1,11 @@
 """Image-caption folders: every image (.png/.jpg/.jpeg/.webp, nested folders allowed) with a
 ``.txt`` of the same stem beside it; each non-empty line of the ``.txt`` is one caption.
-Images are resized (shorter side) and centre-cropped to the model's size."""
+Images are resized (shorter side) and centre-cropped to the model's size.
+
+A bad pair (an unreadable, truncated or non-image file, an empty or non-UTF-8 caption file)
+never stops a run: it is skipped for the next good pair, and recorded in ``skipped`` (path ->
+reason) so that commands can report it. Images without a caption file are counted in
+``unpaired``. A folder where nothing reads is a clear error."""
 
 from __future__ import annotations
 
@@ -17,19 +22,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def find_pairs(root: Path) -> list[tuple[Path, Path]]:
     """All ``(image, caption file)`` pairs under ``root``, sorted; images without a .txt are skipped."""
+    return _scan(root)[0]
+
+
+def _scan(root: Path) -> tuple[list[tuple[Path, Path]], int]:
+    """``(pairs, number of images without a caption file)``."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data folder {root} does not exist or is not a folder")
-    pairs = []
+    pairs, unpaired = [], 0
     for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         txt = image.with_suffix(".txt")
         if txt.is_file():
             pairs.append((image, txt))
+        else:
+            unpaired += 1
     if not pairs:
         raise ValueError(
             f"no image + .txt caption pairs found under {root} (expected e.g. 0001.png + 0001.txt)"
         )
-    return pairs
+    return pairs, unpaired
 
 
 def resize_crop(image: Image.Image, size: int) -> Image.Image:
@@ -57,18 +69,50 @@ def read_caption_lines(path: Path) -> list[str]:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """``{"image": (3, size, size) float in [0, 1], "caption": str}`` for each pair of a folder."""
+    """``{"image": (3, size, size) float in [0, 1], "caption": str}`` for each pair of a folder;
+    a pair that cannot be read yields the next good one instead (see the module docstring)."""
 
     def __init__(self, root: Path, image_size: int, seed: int = 0):
-        self.pairs = find_pairs(root)
+        self.root = Path(root)
+        self.pairs, self.unpaired = _scan(self.root)
         self.image_size = image_size
         self.rng = random.Random(seed)
+        self.skipped: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict:
+    def _load(self, i: int) -> dict:
         image_path, txt_path = self.pairs[i]
-        image = resize_crop(load_image(image_path), self.image_size)
         caption = self.rng.choice(read_caption_lines(txt_path))
+        image = resize_crop(load_image(image_path), self.image_size)
         return {"image": image_to_tensor(image), "caption": caption}
+
+    def get(self, i: int) -> dict | None:
+        """Pair ``i``, or ``None`` (recorded in ``skipped``) when it cannot be read."""
+        if str(self.pairs[i][0]) in self.skipped:
+            return None
+        try:
+            return self._load(i)
+        except ValueError as e:
+            self.skipped[str(self.pairs[i][0])] = str(e)
+            return None
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.pairs)
+        for k in range(n):
+            j = (i + k) % n
+            item = self.get(j)
+            if item is not None:
+                return item
+        raise ValueError(f"none of the {n} image + caption pairs under {self.root} can be read")
+
+    def report(self) -> str:
+        """One line on what was left out, or ``""`` when nothing was."""
+        parts = []
+        if self.skipped:
+            first = next(iter(self.skipped.values()))
+            parts.append(f"skipped {len(self.skipped)} unreadable pairs (first: {first})")
+        if self.unpaired:
+            parts.append(f"{self.unpaired} images without a .txt caption were left out")
+        return "; ".join(parts)

@@ -2,8 +2,10 @@
 
 A token file is one safetensors file holding ``codes`` ``(N, h*w)`` (int16 when the codebook
 fits, else int32) and, in its metadata, the captions (a JSON list of ``N`` strings), the code
-grid side ``grid`` and the codebook size ``vocab_size``. ``dalle encode`` writes it;
-``dalle train --tokens FILE`` reads it.
+grid side ``grid``, the codebook size ``vocab_size`` and ``vae_id``, the fingerprint of the dVAE
+that made the codes (:func:`dalle.models.folder.fingerprint`). ``dalle encode`` writes it;
+``dalle train --tokens FILE`` reads it and refuses codes made by another dVAE. Captions are
+kept as text, so any tokenizer can be used with the file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class TokenSet:
     captions: list[str]
     grid: int
     vocab_size: int
+    vae_id: str = ""  # fingerprint of the dVAE that made the codes ("" = unknown)
 
     def __post_init__(self) -> None:
         if self.codes.ndim != 2 or self.codes.shape[1] != self.grid * self.grid:
@@ -54,6 +57,7 @@ class TokenSet:
             "grid": str(self.grid),
             "vocab_size": str(self.vocab_size),
             "captions": json.dumps(self.captions),
+            "vae_id": self.vae_id,
         }
         data = save({"codes": self.codes.to(dtype).contiguous()}, metadata=metadata)
         write_bytes_atomic(Path(path), data)
@@ -74,7 +78,7 @@ class TokenSet:
             grid, vocab_size = int(meta["grid"]), int(meta["vocab_size"])
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: unreadable token file ({e})") from None
-        return cls(codes, captions, grid, vocab_size)
+        return cls(codes, captions, grid, vocab_size, meta.get("vae_id", ""))
 
 
 @torch.no_grad()
@@ -88,8 +92,10 @@ def encode_pairs(
         captions += list(caps)
     if not codes:
         raise ValueError("no images to encode")
+    from dalle.models.folder import fingerprint
+
     grid = vae.cfg.grid_size
-    return TokenSet(torch.cat(codes), captions, grid, vae.cfg.vocab_size)
+    return TokenSet(torch.cat(codes), captions, grid, vae.cfg.vocab_size, fingerprint(vae))
 
 
 def token_batches(

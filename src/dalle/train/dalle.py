@@ -59,7 +59,7 @@ def caption_dropout(
         raise ValueError(f"caption dropout p must be in [0, 1], got {p}")
     if text.ndim != 2:
         raise ValueError(f"expected text of shape (B, text_len), got {tuple(text.shape)}")
-    drop = torch.rand(text.shape[0], generator=generator, device=text.device) < p  # (B,)
+    drop = torch.rand(text.shape[0], generator=generator).to(text.device) < p  # (B,)
     return torch.where(drop[:, None], torch.zeros_like(text), text)
 
 

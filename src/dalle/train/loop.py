@@ -151,7 +151,7 @@ def train(
         the step's batches are still drawn, so the data position never depends on it)."""
         for i in range(cfg.accumulate):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, metrics = objective(model, next(batches), step)
+                loss, metrics = objective(model, to_device(next(batches), device), step)
             if not torch.isfinite(loss):
                 for _ in range(cfg.accumulate - i - 1):
                     next(batches)
@@ -273,6 +273,17 @@ def _trim_metrics(path: Path, step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
     write_bytes_atomic(path, "".join(x + "\n" for x in kept).encode())
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested in tuples, lists and dicts) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def steps_for_budget(

@@ -1,0 +1,32 @@
+"""``dalle plot RUN``: a run's loss and learning-rate curves as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw a run's loss and learning-rate curves",
+        description="Read RUN/metrics.jsonl and write one panel per series (loss, every "
+        "other *_loss, lr) against the step to RUN/curves.png (or --out).",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="a training run folder")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN/curves.png)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dalle.images import png_bytes
+    from dalle.io import write_bytes_atomic
+    from dalle.plot import plot_metrics, read_metrics
+
+    sheet = plot_metrics(read_metrics(args.run / "metrics.jsonl"))
+    out = args.out or args.run / "curves.png"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; expected a .png file path")
+    write_bytes_atomic(out, png_bytes(sheet))
+    print(f"wrote {out}")
+    return 0
