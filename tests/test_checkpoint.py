@@ -127,3 +127,36 @@ def test_cli_resume_continues_a_run_exactly(tmp_path, capsys):
     assert "--resume needs the settings" in capsys.readouterr().err
     assert train(tmp_path / "none", 6, "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_checkpoints_are_due_by_steps_or_by_minutes():
+    by_steps = CheckpointConfig(every=10)
+    assert by_steps.due(20, 10, 1e9) and not by_steps.due(21, 20, 1e9)
+    timed = CheckpointConfig(every=1000, minutes=0.5)
+    assert not timed.due(5, 0, 29.0) and timed.due(5, 0, 30.0)
+    assert not timed.due(5, 5, 60.0)  # nothing new since the last save
+    with pytest.raises(ValueError, match="minutes must be > 0"):
+        CheckpointConfig(every=1, minutes=0)
+
+
+@pytest.mark.parametrize("warm_start", ["1", "0"])
+def test_train_vae_resumes_exactly(tmp_path, warm_start):
+    """Both one-phase dVAE recipes: the k-means warm start and the relaxed ELBO."""
+    from dalle.models.folder import WEIGHTS_FILE
+
+    run = tmp_path / "run"
+    argv = ["train-vae", "--data", "shapes", "--out", str(run), "--steps", "6"]
+    argv += ["--batch-size", "4", "--warm-start", warm_start, "--checkpoint-every", "3"]
+    assert main([*argv, "--save-every", "6"]) == 0
+    weights = run / "model" / WEIGHTS_FILE
+    final = weights.read_bytes()
+    checkpoints(run)[-1].unlink()  # back to step 3
+    weights.unlink()
+    assert main([*argv, "--save-every", "6", "--resume"]) == 0
+    assert weights.read_bytes() == final
+
+
+def test_train_vae_resume_needs_a_one_phase_recipe(tmp_path, capsys):
+    argv = ["train-vae", "--data", "shapes", "--out", str(tmp_path), "--steps", "6"]
+    assert main([*argv, "--warm-start", "0.5", "--resume"]) == 2
+    assert "one-phase recipe" in capsys.readouterr().err

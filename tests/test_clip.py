@@ -225,3 +225,18 @@ def test_clip_that_does_not_fit_the_pipeline_is_refused(pipeline_dir):
 def test_eval_clip_without_a_model_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "clip", "--model", str(tmp_path)]) == 2
     assert "no CLIP here" in capsys.readouterr().err
+
+
+def test_train_clip_resumes_exactly(tmp_path):
+    from dalle.train.checkpoint import checkpoints
+
+    run = tmp_path / "run"
+    argv = ["train-clip", "--data", "shapes", "--out", str(run), "--steps", "4"]
+    argv += ["--batch-size", "4", "--checkpoint-every", "2", "--save-every", "4"]
+    assert main(argv) == 0
+    weights = run / "model" / "clip" / "model.safetensors"
+    final = weights.read_bytes()
+    checkpoints(run)[-1].unlink()  # back to step 2
+    weights.unlink()
+    assert main([*argv, "--resume"]) == 0
+    assert weights.read_bytes() == final

@@ -7,7 +7,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
+from dalle.cli.common import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    record_settings,
+    with_overrides,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -38,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--save-every", type=positive_int, default=500, help="steps between saves")
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=500,
+        help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
+    )
+    p.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
     p.add_argument("--force", action="store_true", help="write into a non-empty run folder")
     p.set_defaults(func=run)
 
@@ -81,18 +95,33 @@ def load_tokenizer(args: argparse.Namespace):
     return Tokenizer.train(captions, vocab_size=1024)
 
 
-def fit_clip(tokenizer, model_cfg, train_cfg, data: str, out: Path, save_every: int, progress=True):
+def fit_clip(
+    tokenizer,
+    model_cfg,
+    train_cfg,
+    data: str,
+    out: Path,
+    save_every: int,
+    progress: bool = True,
+    checkpoint=None,
+    resume: bool = False,
+):
     """Train CLIP sized to ``tokenizer`` on ``data``; saves ``out/model/`` (tokenizer.json +
-    clip/) every ``save_every`` steps and at the end. Returns ``(clip, last metrics)``."""
+    clip/) every ``save_every`` steps and at the end. Returns ``(clip, last metrics)``.
+    ``checkpoint`` / ``resume``: see :func:`dalle.train.loop.train` (exact for shapes; a
+    folder's choice among several captions per image is not replayed)."""
     import dataclasses
 
     import torch
 
+    from dalle.config import to_dict
     from dalle.models.clip import CLIP
     from dalle.train.clip import train_clip
     from dalle.train.loop import Callback
 
     model_cfg = dataclasses.replace(model_cfg, text_vocab=tokenizer.vocab_size)
+    settings = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": data}
+    record_settings(out, settings, resume)
     torch.manual_seed(train_cfg.seed)
     clip = CLIP(model_cfg)
 
@@ -101,8 +130,9 @@ def fit_clip(tokenizer, model_cfg, train_cfg, data: str, out: Path, save_every: 
         clip.save(out / "model" / "clip")
 
     batches = clip_batches(data, model_cfg.image_size, train_cfg.batch_size, train_cfg.seed)
+    callbacks = [Callback(save_every, save)]
     last = train_clip(
-        clip, tokenizer, train_cfg, batches, out, [Callback(save_every, save)], progress
+        clip, tokenizer, train_cfg, batches, out, callbacks, progress, checkpoint, resume
     )
     return clip, last
 
@@ -114,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle.eval.clip import shapes_retrieval
     from dalle.io import prepare_output_dir, write_json_atomic
     from dalle.pipeline import DallePipeline, check_compatible
+    from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.clip import CLIPTrainConfig
 
     if args.model is not None and args.tokenizer is not None:
@@ -130,8 +161,21 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
     train_cfg = with_overrides(CLIPTrainConfig(seed=args.seed), overrides)
     tokenizer = load_tokenizer(args)
-    out = prepare_output_dir(args.out, force=args.force)
-    clip, last = fit_clip(tokenizer, model_cfg, train_cfg, args.data, out, args.save_every)
+    if args.resume and not args.out.is_dir():
+        raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
+    out = prepare_output_dir(args.out, force=args.force or args.resume)
+    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
+    clip, last = fit_clip(
+        tokenizer,
+        model_cfg,
+        train_cfg,
+        args.data,
+        out,
+        args.save_every,
+        True,
+        checkpoint,
+        args.resume,
+    )
     report: dict = {"train": last}
     if args.data == "shapes":
         report["retrieval"] = shapes_retrieval(clip, tokenizer)

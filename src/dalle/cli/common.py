@@ -49,3 +49,20 @@ def vae_dir(path: Path) -> Path:
         if (candidate / "config.json").is_file():
             return candidate
     raise ValueError(f"{path}: no dVAE here (expected config.json in it, in model/ or in vae/)")
+
+
+def record_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Write a run's settings to ``out/train_config.json`` (rank 0 only); when resuming,
+    refuse settings other than those recorded."""
+    import json
+
+    from dalle.io import write_json_atomic
+    from dalle.train import distributed
+
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
+    recorded = out / "train_config.json"
+    if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
+        raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(recorded, settings)

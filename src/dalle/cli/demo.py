@@ -119,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
     tokens = encode_data(vae, "shapes", num, 128, seed=args.seed)
     t = lap("encode_s", t)
 
-    # Stage 3: the transformer, on what CLIP and the samples leave.
+    # Stage 3: the transformer, on what CLIP and the samples leave. Its step-time probe runs
+    # about 10 % fast (the full loop logs and checks more), hence the margin.
     left = budget - (time.perf_counter() - t_start)
-    seconds = left - (CLIP_SHARE + SAMPLING_SHARE) * budget
+    seconds = 0.9 * (left - (CLIP_SHARE + SAMPLING_SHARE) * budget)
     print(f"[3/5] transformer: {seconds:.0f} s", flush=True)
     model_cfg = TRANSFORMER_PRESETS["tiny"]
     train_cfg = DalleTrainConfig(seed=args.seed)
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     t = lap("transformer_s", t)
 
     # Stage 4: CLIP, the reranker, with the transformer's caption length.
-    seconds = budget - (time.perf_counter() - t_start) - SAMPLING_SHARE * budget
+    seconds = CLIP_SHARE * budget
     print(f"[4/5] CLIP: {seconds:.0f} s", flush=True)
     pipe = DallePipeline.from_pretrained(out / "runs" / "transformer" / "model")
     clip_cfg = dataclasses.replace(

@@ -12,6 +12,7 @@ from dalle.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    record_settings,
     vae_dir,
     with_overrides,
 )
@@ -69,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
     )
     t.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
+    t.add_argument(
+        "--checkpoint-minutes",
+        type=positive_float,
+        help="also checkpoint when this many minutes have passed since the last one",
+    )
     t.add_argument(
         "--device",
         help="cpu, cuda or cuda:N (default: cuda when available; under torchrun "
@@ -193,7 +199,7 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
-    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
+    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep, args.checkpoint_minutes)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = fit_transformer(
         vae,
@@ -233,11 +239,10 @@ def fit_transformer(
     from dalle.config import to_dict
     from dalle.data.tokens import token_batches
     from dalle.images import contact_sheet, png_bytes
-    from dalle.io import write_bytes_atomic, write_json_atomic
+    from dalle.io import write_bytes_atomic
     from dalle.models.dalle import DALLE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer
-    from dalle.train import distributed
     from dalle.train.dalle import train_dalle
     from dalle.train.loop import Callback
 
@@ -246,13 +251,7 @@ def fit_transformer(
         tokenizer = Tokenizer.train(tokens.captions, vocab_size=1024)
     model_cfg = sized_config(model_cfg, tokenizer, vae)
     settings = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "rows": len(tokens)}
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
-    recorded = out / "train_config.json"
-    if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
-        raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(recorded, settings)
+    record_settings(out, settings, resume)
     text, _ = tokenizer.encode_batch(tokens.captions, model_cfg.text_len)
     torch.manual_seed(train_cfg.seed)
     model = DALLE(model_cfg).to(device)

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int, with_overrides
+from dalle.cli.common import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    record_settings,
+    with_overrides,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-every", type=positive_int, default=500, help="steps between checkpoints and grids"
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=500,
+        help="steps between training checkpoints (RUN/checkpoints/, for --resume; needs "
+        "--warm-start 0 or 1)",
+    )
+    p.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
+    p.add_argument(
+        "--resume", action="store_true", help="continue RUN from its newest checkpoint, exactly"
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty run folder")
     p.set_defaults(func=run)
 
@@ -63,13 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dalle.config import VAE_PRESETS, VAETrainConfig, preset
+    from dalle.config import VAE_PRESETS, VAETrainConfig, preset, to_dict
     from dalle.data.batches import endless_batches
     from dalle.data.folder import ImageFolderDataset
     from dalle.data.shapes import ShapesStream, collate
     from dalle.eval.vae import evaluate_vae
     from dalle.io import prepare_output_dir, write_json_atomic
     from dalle.models.vae import DiscreteVAE
+    from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.vae import shapes_eval_set, train_vae
 
     vae_cfg = preset(VAE_PRESETS, args.preset, "VAE")
@@ -99,14 +117,30 @@ def run(args: argparse.Namespace) -> int:
         batches = endless_batches(
             dataset, train_cfg.batch_size, lambda b: torch.stack([x["image"] for x in b]), args.seed
         )
-    out = prepare_output_dir(args.out, force=args.force)
+    if args.resume and not args.out.is_dir():
+        raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
+    one_phase = train_cfg.warm_start_steps in (0, train_cfg.steps)
+    if args.resume and not one_phase:
+        raise ValueError("--resume needs a one-phase recipe: --warm-start 0 or 1")
+    out = prepare_output_dir(args.out, force=args.force or args.resume)
+    record_settings(out, {"vae": to_dict(vae_cfg), "train": to_dict(train_cfg)}, args.resume)
+    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep) if one_phase else None
     torch.manual_seed(args.seed)
     vae = DiscreteVAE(vae_cfg)
     if args.data == "shapes":
         images, captions = shapes_eval_set()
     else:
         images, captions = next(batches)[:16], None
-    train_vae(vae, train_cfg, batches, out, images[:16], save_every=args.save_every)
+    train_vae(
+        vae,
+        train_cfg,
+        batches,
+        out,
+        images[:16],
+        args.save_every,
+        checkpoint=checkpoint,
+        resume=args.resume,
+    )
     report = evaluate_vae(vae, images, captions)
     if args.data != "shapes":
         report["skipped_files"] = len(dataset.skipped)

@@ -19,6 +19,7 @@ import torch
 
 from dalle.models.clip import CLIP
 from dalle.tokenizer import Tokenizer
+from dalle.train.checkpoint import CheckpointConfig
 from dalle.train.loop import Callback, OptimConfig, train
 
 
@@ -122,8 +123,11 @@ def train_clip(
     run_dir: Path,
     callbacks: list[Callback] = (),  # type: ignore[assignment]
     progress: bool = True,
+    checkpoint: CheckpointConfig | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Train ``model`` in place; returns the last logged metrics."""
+    """Train ``model`` in place; returns the last logged metrics. ``checkpoint`` and
+    ``resume`` as in :func:`dalle.train.loop.train`."""
     if tokenizer.vocab_size != model.cfg.text_vocab:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} ids but CLIP expects "
@@ -132,4 +136,15 @@ def train_clip(
     torch.manual_seed(cfg.seed)
     optim = OptimConfig.of(cfg, betas=(0.9, 0.98))
     objective = CLIPObjective(tokenizer)
-    return train(model, objective, batches, optim, run_dir, list(callbacks), "clip", progress)
+    return train(
+        model,
+        objective,
+        batches,
+        optim,
+        run_dir,
+        list(callbacks),
+        "clip",
+        progress,
+        checkpoint=checkpoint,
+        resume=resume,
+    )

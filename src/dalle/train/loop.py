@@ -139,12 +139,16 @@ def train(
     last: dict[str, float] = {}
     done, skipped, in_a_row = start, 0, 0
 
+    saved_at, saved_step = time.perf_counter(), start
+
     def save(step: int) -> None:
+        nonlocal saved_at, saved_step
         state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
         state["scaler"] = scaler.state_dict()
         state["rng"] = torch.get_rng_state()
         state["objective"] = objective.state_dict() if hasattr(objective, "state_dict") else {}
         save_checkpoint(run_dir, step, state, checkpoint.keep)  # type: ignore[union-attr]
+        saved_at, saved_step = time.perf_counter(), step
 
     def forward_backward(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """``accumulate`` batches of one step; stops at the first non-finite loss (the rest of
@@ -217,7 +221,10 @@ def train(
                     )
                 if not main:
                     continue
-                if checkpoint is not None and (done % checkpoint.every == 0 or done == cfg.steps):
+                since = time.perf_counter() - saved_at
+                if checkpoint is not None and (
+                    done == cfg.steps or checkpoint.due(done, saved_step, since)
+                ):
                     save(done)
                 for cb in callbacks:
                     if done % cb.every == 0 or done == cfg.steps:

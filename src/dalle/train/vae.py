@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dalle.config import VAETrainConfig, to_dict
 from dalle.models.vae import DiscreteVAE, map_pixels
+from dalle.train.checkpoint import CheckpointConfig
 from dalle.train.schedules import cosine_ramp
 
 
@@ -62,6 +63,14 @@ class VAEObjective:
     def __init__(self, cfg: VAETrainConfig, generator: torch.Generator | None = None):
         self.cfg = cfg
         self.generator = generator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The gumbel-noise generator's state (saved in training checkpoints)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def tau(self, step: int) -> float:
         """``step`` counts from the start of the relaxed phase (after any warm start)."""
@@ -199,8 +208,19 @@ def train_vae(
     grid_images: torch.Tensor,
     save_every: int = 500,
     progress: bool = True,
+    checkpoint: CheckpointConfig | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Train ``vae`` in place; saves ``run_dir/model`` and reconstruction grids periodically."""
+    """Train ``vae`` in place; saves ``run_dir/model`` and reconstruction grids periodically.
+
+    ``checkpoint`` / ``resume`` (see :func:`dalle.train.loop.train`) need a one-phase recipe,
+    ``warm_start`` 0 or 1: the k-means codebook or the codebook-logit init is recomputed from
+    the same first batches on resume, then the checkpoint's state replaces the weights."""
+    if (checkpoint is not None or resume) and 0 < cfg.warm_start_steps < cfg.steps:
+        raise ValueError(
+            "checkpoints and --resume need a one-phase recipe: --warm-start 0 or 1, "
+            f"got {cfg.warm_start}"
+        )
     from dalle.images import png_bytes
     from dalle.io import write_bytes_atomic, write_json_atomic
     from dalle.train.loop import Callback, OptimConfig, train
@@ -227,16 +247,21 @@ def train_vae(
         pool = torch.cat([next(images) for _ in range(-(-cfg.kmeans_images // cfg.batch_size))])
         objective = PatchCodeObjective(cfg, patch_codebook(pool, cfg, vae, generator))
         phase = replace(optim, steps=warm)
-        last = train(vae, objective, images, phase, run_dir, callbacks, "dVAE warm start", progress)
         if warm == cfg.steps:
-            return last
+            desc = "dVAE warm start"
+            return train(vae, objective, images, phase, run_dir, callbacks, desc, progress,
+                         checkpoint=checkpoint, resume=resume)  # fmt: skip
+        train(vae, objective, images, phase, run_dir, callbacks, "dVAE warm start", progress)
     elif cfg.init_spread > 0:
         init_batch = torch.cat([next(images) for _ in range(max(1, 64 // cfg.batch_size))])
         init_codebook_logits(vae, init_batch, cfg.init_spread, generator)
     rest = cfg.steps - warm
     phase = replace(optim, steps=rest, warmup_steps=min(cfg.warmup_steps, rest))
     elbo = VAEObjective(cfg, generator)
-    return train(vae, elbo, images, phase, run_dir, callbacks, "dVAE", progress, step_offset=warm)
+    if warm:
+        return train(vae, elbo, images, phase, run_dir, callbacks, "dVAE", progress, warm)
+    return train(vae, elbo, images, phase, run_dir, callbacks, "dVAE", progress,
+                 checkpoint=checkpoint, resume=resume)  # fmt: skip
 
 
 @torch.no_grad()
