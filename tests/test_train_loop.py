@@ -137,3 +137,37 @@ def test_bad_precision_settings_are_clear_errors(tmp_path):
             tmp_path,
             progress=False,
         )
+
+
+def test_ema_of_the_weights_matches_a_hand_computed_average(tmp_path):
+    from dalle.train.loop import Callback
+
+    batches = _batches(5, 8)
+    seen: list[torch.Tensor] = []
+    plain = _model()
+    record = Callback(1, lambda step: seen.append(plain.weight.detach().clone()))
+    train(
+        plain,
+        Regression(),
+        iter(batches),
+        OptimConfig(steps=5, lr=0.1),
+        tmp_path / "a",
+        [record],
+        progress=False,
+    )
+    expected = seen[0]
+    for w in seen[1:]:
+        expected = 0.6 * expected + 0.4 * w
+    averaged = _model()
+    train(
+        averaged,
+        Regression(),
+        iter(batches),
+        OptimConfig(steps=5, lr=0.1, ema=0.6),
+        tmp_path / "b",
+        progress=False,
+    )
+    torch.testing.assert_close(averaged.weight.detach(), expected)
+    assert not torch.allclose(averaged.weight, plain.weight)
+    with pytest.raises(ValueError, match="ema decay must be in"):
+        OptimConfig(steps=1, lr=0.1, ema=1.0)

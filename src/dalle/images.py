@@ -19,6 +19,15 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def check_images(images: torch.Tensor, channels: int, size: int) -> None:
+    """ValueError unless ``images`` is a float batch ``(B, channels, size, size)``."""
+    c, s = channels, size
+    if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+        raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+
+
 def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     """Float tensor ``(3, H, W)`` in [0, 1] -> PIL RGB image (clamped, rounded)."""
     if tensor.ndim != 3 or tensor.shape[0] != 3:

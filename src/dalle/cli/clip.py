@@ -11,6 +11,7 @@ from dalle.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_run_dir,
     record_settings,
     with_overrides,
 )
@@ -57,18 +58,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def clip_batches(data: str, image_size: int, batch_size: int, seed: int = 0) -> Iterator[dict]:
-    """Endless training batches: shapes scenes (with their object lists) or a folder's pairs."""
+    """Endless training batches: shapes scenes (with their object lists), a folder's pairs or
+    tar shards' samples."""
     import torch
 
     from dalle.data.batches import endless_batches
     from dalle.data.folder import ImageFolderDataset
     from dalle.data.shapes import CANVAS, ShapesStream, collate
+    from dalle.data.shards import ShardDataset, is_shards
 
     if data == "shapes":
         if image_size != CANVAS:
             raise ValueError(f"--data shapes has {CANVAS} px images; CLIP expects {image_size}")
         return endless_batches(ShapesStream("train", seed=seed), batch_size, collate)
-    dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
+    if is_shards(data):
+        dataset = ShardDataset(data, image_size, seed)
+    else:
+        dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
 
     def pairs(items: list[dict]) -> dict:
         return {
@@ -82,6 +88,7 @@ def clip_batches(data: str, image_size: int, batch_size: int, seed: int = 0) -> 
 def load_tokenizer(args: argparse.Namespace):
     """The tokenizer of ``--tokenizer``, else of ``--model``, else one trained on the captions."""
     from dalle.data.shapes import make_sample
+    from dalle.data.shards import is_shards, shard_captions
     from dalle.tokenizer import Tokenizer, read_captions
 
     if args.tokenizer is not None:
@@ -91,7 +98,7 @@ def load_tokenizer(args: argparse.Namespace):
     if args.data == "shapes":
         captions = [make_sample(args.seed, "train", i).caption for i in range(4000)]
     else:
-        captions = read_captions(args.data)
+        captions = shard_captions(args.data) if is_shards(args.data) else read_captions(args.data)
     return Tokenizer.train(captions, vocab_size=1024)
 
 
@@ -142,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dalle.config import CLIP_PRESETS, preset
     from dalle.eval.clip import shapes_retrieval
-    from dalle.io import prepare_output_dir, write_json_atomic
+    from dalle.io import write_json_atomic
     from dalle.pipeline import DallePipeline, check_compatible
+    from dalle.train import distributed
     from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.clip import CLIPTrainConfig
 
@@ -163,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args)
     if args.resume and not args.out.is_dir():
         raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
-    out = prepare_output_dir(args.out, force=args.force or args.resume)
+    out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group
     checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
     clip, last = fit_clip(
         tokenizer,
@@ -176,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint,
         args.resume,
     )
+    if not distributed.is_main():
+        return 0
     report: dict = {"train": last}
     if args.data == "shapes":
         report["retrieval"] = shapes_retrieval(clip, tokenizer)

@@ -66,3 +66,16 @@ def record_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(recorded, settings)
+
+
+def prepare_run_dir(out: Path, force: bool) -> Path:
+    """Join the process group when launched by ``torchrun``, then let rank 0 check and create
+    the run folder (refusing a non-empty one unless ``force``) while the others wait."""
+    from dalle.io import prepare_output_dir
+    from dalle.train import distributed
+
+    distributed.setup()
+    if distributed.is_main():
+        prepare_output_dir(out, force=force)
+    distributed.barrier()
+    return out

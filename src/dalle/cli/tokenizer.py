@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dalle.data.shards import is_shards, shard_captions
     from dalle.tokenizer import MIN_VOCAB_SIZE, Tokenizer, read_captions
 
     if args.vocab_size < MIN_VOCAB_SIZE:  # checked before minutes of caption reading
@@ -85,7 +86,9 @@ def run_train(args: argparse.Namespace) -> int:
         captions = [make_sample(args.seed, "train", i).caption for i in range(args.num)]
         source = f"{args.num} shapes train captions (seed {args.seed})"
     else:
-        captions = read_captions(Path(args.data))
+        captions = (
+            shard_captions(args.data) if is_shards(args.data) else read_captions(Path(args.data))
+        )
         source = f"{len(captions)} captions from {args.data}"
     tokenizer = Tokenizer.train(captions, args.vocab_size)
     tokenizer.save(args.out)

@@ -12,6 +12,7 @@ from dalle.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_run_dir,
     record_settings,
     vae_dir,
     with_overrides,
@@ -57,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--accumulate", type=positive_int, help="batches per optimisation step (default 1)"
     )
     t.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep a moving average of the weights (e.g. 0.999) and save it as the model",
+    )
+    t.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
@@ -100,31 +107,40 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def open_images(data: str, image_size: int, num: int, seed: int = 0):
-    """The map-style dataset of ``--data``: ``num`` shapes samples or a whole folder."""
+    """The dataset of ``--data``: ``num`` shapes samples, a whole folder, or one pass over
+    tar shards."""
     from dalle.data.folder import ImageFolderDataset
     from dalle.data.shapes import CANVAS, ShapesDataset
+    from dalle.data.shards import ShardDataset, is_shards
 
     if data == "shapes":
         if image_size != CANVAS:
             raise ValueError(f"--data shapes has {CANVAS} px images; the dVAE expects {image_size}")
         return ShapesDataset("train", num, seed)
+    if is_shards(data):
+        return ShardDataset(data, image_size, seed, epochs=1)
     return ImageFolderDataset(Path(data), image_size, seed=seed)
 
 
 def image_batches(dataset, batch_size: int) -> Iterator:
-    """``(images (B, C, H, W), captions)`` in order over a map-style dataset, each item once;
-    a folder's unreadable pairs are left out."""
+    """``(images (B, C, H, W), captions)`` in order, each item of the dataset once; a folder's
+    or shard's unreadable samples are left out."""
     import torch
 
-    get = getattr(dataset, "get", dataset.__getitem__)
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        stream = iter(dataset)
+    else:
+        get = getattr(dataset, "get", dataset.__getitem__)
+        stream = (get(i) for i in range(len(dataset)))
     items: list[dict] = []
-    for i in range(len(dataset)):
-        item = get(i)
+    for item in stream:
         if item is not None:
             items.append(item)
-        if len(items) == batch_size or (i == len(dataset) - 1 and items):
+        if len(items) == batch_size:
             yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
             items = []
+    if items:
+        yield torch.stack([x["image"] for x in items]), [x["caption"] for x in items]
 
 
 def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
@@ -162,7 +178,6 @@ def run_train(args: argparse.Namespace) -> int:
 
     from dalle.config import TRANSFORMER_PRESETS, preset
     from dalle.data.tokens import TokenSet
-    from dalle.io import prepare_output_dir
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
     from dalle.train import distributed
@@ -187,15 +202,12 @@ def run_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "accumulate": args.accumulate,
         "precision": args.precision,
+        "ema": args.ema,
     }
     train_cfg = with_overrides(DalleTrainConfig(), overrides)
     if args.resume and not args.out.is_dir():
         raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
-    distributed.setup()  # joins the process group under torchrun; rank 0 writes the files
-    if distributed.is_main():
-        prepare_output_dir(args.out, force=args.force or args.resume)
-    distributed.barrier()
-    out = args.out
+    out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)

@@ -11,6 +11,7 @@ from dalle.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_run_dir,
     record_settings,
     with_overrides,
 )
@@ -84,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from dalle.data.batches import endless_batches
     from dalle.data.folder import ImageFolderDataset
     from dalle.data.shapes import ShapesStream, collate
+    from dalle.data.shards import ShardDataset, is_shards
     from dalle.eval.vae import evaluate_vae
-    from dalle.io import prepare_output_dir, write_json_atomic
+    from dalle.io import write_json_atomic
     from dalle.models.vae import DiscreteVAE
+    from dalle.train import distributed
     from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.vae import shapes_eval_set, train_vae
 
@@ -113,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
             ShapesStream("train", seed=args.seed), train_cfg.batch_size, collate
         )
     else:
-        dataset = ImageFolderDataset(Path(args.data), vae_cfg.image_size, seed=args.seed)
+        dataset = (
+            ShardDataset(args.data, vae_cfg.image_size, args.seed)
+            if is_shards(args.data)
+            else ImageFolderDataset(Path(args.data), vae_cfg.image_size, seed=args.seed)
+        )
         batches = endless_batches(
             dataset, train_cfg.batch_size, lambda b: torch.stack([x["image"] for x in b]), args.seed
         )
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     one_phase = train_cfg.warm_start_steps in (0, train_cfg.steps)
     if args.resume and not one_phase:
         raise ValueError("--resume needs a one-phase recipe: --warm-start 0 or 1")
-    out = prepare_output_dir(args.out, force=args.force or args.resume)
+    out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group
     record_settings(out, {"vae": to_dict(vae_cfg), "train": to_dict(train_cfg)}, args.resume)
     checkpoint = CheckpointConfig(args.checkpoint_every, args.keep) if one_phase else None
     torch.manual_seed(args.seed)
@@ -143,9 +150,10 @@ def run(args: argparse.Namespace) -> int:
     )
     report = evaluate_vae(vae, images, captions)
     if args.data != "shapes":
-        report["skipped_files"] = len(dataset.skipped)
+        report["skipped_files"] = dataset.num_skipped
         if dataset.report():
             print(f"train-vae: {dataset.report()}", file=sys.stderr)
-    write_json_atomic(out / "eval.json", report)
-    print(json.dumps(report))
+    if distributed.is_main():
+        write_json_atomic(out / "eval.json", report)
+        print(json.dumps(report))
     return 0

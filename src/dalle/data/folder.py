@@ -107,6 +107,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 return item
         raise ValueError(f"none of the {n} image + caption pairs under {self.root} can be read")
 
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
     def report(self) -> str:
         """One line on what was left out, or ``""`` when nothing was."""
         parts = []

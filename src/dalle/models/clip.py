@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import CLIPConfig
+from dalle.images import check_images
 from dalle.models.folder import load_component, save_component
 from dalle.models.transformer import Block
 
@@ -136,13 +137,7 @@ class CLIP(nn.Module):
             )
 
     def check_images(self, images: torch.Tensor) -> None:
-        c, s = self.cfg.channels, self.cfg.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(
-                f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}"
-            )
-        if not images.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+        check_images(images, self.cfg.channels, self.cfg.image_size)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Tokenizer ids ``(B, text_len)`` -> unit vectors ``(B, embed_dim)``."""

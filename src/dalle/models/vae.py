@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import VAEConfig
+from dalle.images import check_images
 from dalle.models.folder import load_component, save_component
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -200,13 +201,7 @@ class DiscreteVAE(nn.Module):
         return load_component(Path(directory), VAEConfig, cls)
 
     def _check_images(self, images: torch.Tensor) -> None:
-        c, s = self.cfg.channels, self.cfg.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(
-                f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}"
-            )
-        if not images.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+        check_images(images, self.cfg.channels, self.cfg.image_size)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> ``(B, n, h, w)`` encoder features before the logit layer."""

@@ -80,6 +80,7 @@ class DalleTrainConfig:
     seed: int = 0
     accumulate: int = 1  # batches per optimisation step
     precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
+    ema: float | None = None  # decay of a moving average of the weights, which is the result
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

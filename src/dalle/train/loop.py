@@ -39,7 +39,9 @@ class OptimConfig:
     """How the loop optimises. ``accumulate`` batches make one step; ``precision`` ``bf16``
     runs the objective under bf16 autocast, ``fp16`` under fp16 autocast with a gradient
     scaler (CUDA only); a step whose loss or gradient is not finite is skipped, and
-    ``max_bad_steps`` of them in a row stop the run."""
+    ``max_bad_steps`` of them in a row stop the run. With ``ema`` the loop keeps an
+    exponential moving average of the weights and puts it into the model after the last
+    step (before the final checkpoint and callbacks)."""
 
     steps: int
     lr: float
@@ -52,6 +54,7 @@ class OptimConfig:
     accumulate: int = 1
     precision: str = "fp32"
     max_bad_steps: int = 5
+    ema: float | None = None  # decay of an exponential moving average of the weights
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.accumulate < 1 or self.max_bad_steps < 1:
@@ -59,6 +62,8 @@ class OptimConfig:
                 f"steps, accumulate and max_bad_steps must be >= 1, got {self.steps}, "
                 f"{self.accumulate}, {self.max_bad_steps}"
             )
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {self.ema}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -68,7 +73,7 @@ class OptimConfig:
         clipping; accumulation, precision and the bad-step limit where it has them), plus
         ``extra``."""
         names = ("steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
-        optional = ("accumulate", "precision", "max_bad_steps")
+        optional = ("accumulate", "precision", "max_bad_steps", "ema")
         fields = {n: getattr(recipe, n) for n in names}
         fields |= {n: getattr(recipe, n) for n in optional if hasattr(recipe, n)}
         return cls(**fields, **extra)
@@ -129,7 +134,12 @@ def train(
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    start = _resume(run_dir, model, opt, scaler, objective, cfg) if resume else 0
+    ema = None
+    if cfg.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # parameters
+    start = _resume(run_dir, model, opt, scaler, ema, objective, cfg) if resume else 0
     world, main = distributed.world_size(), distributed.is_main()
     if world > 1:  # every rank draws the global batch and keeps its slice
         batches = (distributed.shard(b, distributed.rank(), world) for b in batches)
@@ -137,7 +147,7 @@ def train(
         next(batches)
     model.train()
     last: dict[str, float] = {}
-    done, skipped, in_a_row = start, 0, 0
+    done, skipped, in_a_row, samples = start, 0, 0, 0
 
     saved_at, saved_step = time.perf_counter(), start
 
@@ -145,6 +155,7 @@ def train(
         nonlocal saved_at, saved_step
         state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
         state["scaler"] = scaler.state_dict()
+        state["ema"] = ema.state_dict() if ema is not None else {}
         state["rng"] = torch.get_rng_state()
         state["objective"] = objective.state_dict() if hasattr(objective, "state_dict") else {}
         save_checkpoint(run_dir, step, state, checkpoint.keep)  # type: ignore[union-attr]
@@ -153,9 +164,12 @@ def train(
     def forward_backward(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """``accumulate`` batches of one step; stops at the first non-finite loss (the rest of
         the step's batches are still drawn, so the data position never depends on it)."""
+        nonlocal samples
         for i in range(cfg.accumulate):
+            batch = next(batches)
+            samples += world * batch_len(batch)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, metrics = objective(model, to_device(next(batches), device), step)
+                loss, metrics = objective(model, to_device(batch, device), step)
             if not torch.isfinite(loss):
                 for _ in range(cfg.accumulate - i - 1):
                     next(batches)
@@ -193,6 +207,8 @@ def train(
                 if finite:
                     scaler.step(opt)
                     scaler.update()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     in_a_row = 0
                 else:
                     opt.zero_grad(set_to_none=True)
@@ -210,6 +226,7 @@ def train(
                         "loss": float(loss.detach()),
                         "lr": lr,
                         "elapsed_s": round(elapsed, 2),
+                        "samples_per_s": round(samples / elapsed, 1),
                         **metrics,
                         "skipped_steps": skipped,
                     }
@@ -217,8 +234,11 @@ def train(
                     log.flush()
                     bar.set_postfix(
                         {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
-                        | {"loss": f"{float(loss.detach()):.4g}"}
+                        | {"loss": f"{float(loss.detach()):.4g}", "lr": f"{lr:.2e}"}
+                        | {"samples/s": f"{samples / elapsed:.1f}"}
                     )
+                if ema is not None and done == cfg.steps:  # the average is the result
+                    model.load_state_dict(ema.module.state_dict())
                 if not main:
                     continue
                 since = time.perf_counter() - saved_at
@@ -245,6 +265,7 @@ def _resume(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    ema: torch.nn.Module | None,
     objective: Objective,
     cfg: OptimConfig,
 ) -> int:
@@ -263,6 +284,10 @@ def _resume(
         raise ValueError(f"the checkpoint does not fit this model: {first}") from None
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise ValueError("the checkpoint has no weight average; resume without --ema")
+        ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng"])
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state["objective"])
@@ -280,6 +305,15 @@ def _trim_metrics(path: Path, step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
     write_bytes_atomic(path, "".join(x + "\n" for x in kept).encode())
+
+
+def batch_len(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor or list (0 when it has none)."""
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()), [])
+    if isinstance(batch, tuple) and batch:
+        return batch_len(batch[0])
+    return len(batch) if isinstance(batch, (torch.Tensor, list)) else 0
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

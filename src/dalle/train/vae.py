@@ -223,6 +223,7 @@ def train_vae(
         )
     from dalle.images import png_bytes
     from dalle.io import write_bytes_atomic, write_json_atomic
+    from dalle.train import distributed
     from dalle.train.loop import Callback, OptimConfig, train
 
     torch.manual_seed(cfg.seed)
@@ -230,9 +231,10 @@ def train_vae(
     optim = OptimConfig.of(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        run_dir / "train_config.json", {"vae": to_dict(vae.cfg), "train": to_dict(cfg)}
-    )
+    if distributed.is_main():
+        write_json_atomic(
+            run_dir / "train_config.json", {"vae": to_dict(vae.cfg), "train": to_dict(cfg)}
+        )
 
     def save(step: int) -> None:
         vae.save(run_dir / "model")

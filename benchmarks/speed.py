@@ -1,0 +1,196 @@
+"""Speed of sampling and training, in one run: image tokens/s, training tokens/s, dVAE images/s,
+the machine's fp32 matmul ceiling and each training figure as model-FLOPs utilisation.
+
+    python benchmarks/speed.py [--repeats N] [--quick] [--json FILE]
+
+Model (the issue's reference): dim 256, depth 4, 8 heads of 32, full causal attention, GELU
+MLP of width 1024, 16 text tokens, 512 codes; config S has 8x8 image tokens, M 16x16.
+Sampling is timed at batch 1 and 8, with the KV cache and (once, for reference) without,
+with and without classifier-free guidance (which doubles the rows). Training is forward +
+backward + AdamW at batch 32 from token codes; the dVAE is the ``tiny`` preset trained with
+the paper's relaxed ELBO at batch 32 on 64 px images. Medians of ``--repeats`` timings after
+one warm-up.
+
+FLOPs per token, forward, counted as multiply-adds x 2: ``2 * N`` for the ``N`` weights of the
+blocks and the image head, plus ``2 * L * T * d`` for attention scores and mixing over the
+causal average context ``T / 2`` (both QK^T and AV); training is 3x forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+DEFAULT_JSON = Path("benchmarks/results/speed.json")
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_sampling(
+    model, text, repeats: int, cond_scale: float = 1.0, use_cache: bool = True
+) -> float:
+    """Median seconds to draw every image code for ``text`` (same seed each time)."""
+    import torch
+
+    from dalle.sampling import sample_codes
+
+    g = torch.Generator()
+
+    def draw():
+        with torch.no_grad():
+            sample_codes(model, text, generator=g.manual_seed(0), cond_scale=cond_scale,
+                         use_cache=use_cache)  # fmt: skip
+
+    return median_time(draw, repeats)
+
+
+def time_step(model, objective, batch, repeats: int) -> float:
+    """Median seconds of one forward + backward + AdamW step of ``objective`` on ``batch``."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        loss, _ = objective(model, batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return median_time(step, repeats)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, no JSON")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    from dalle.config import VAE_PRESETS, TransformerConfig, VAETrainConfig, to_dict
+    from dalle.models.dalle import DALLE
+    from dalle.models.vae import DiscreteVAE
+    from dalle.train.dalle import DalleObjective, DalleTrainConfig
+    from dalle.train.vae import VAEObjective
+
+    repeats = 1 if args.quick else args.repeats
+    base = TransformerConfig(
+        text_vocab=512, text_len=16, image_vocab=512, image_grid=16, dim=256, depth=4, heads=8,
+        attention=("full",) * 4,
+    )  # fmt: skip
+    configs = {"S": dataclasses.replace(base, image_grid=8), "M": base}
+    if args.quick:
+        configs = {
+            "S": dataclasses.replace(base, image_grid=2),
+            "M": dataclasses.replace(base, image_grid=4),
+        }
+    report: dict = {
+        "benchmark": "speed",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "model": to_dict(base),
+    }
+
+    # The machine's ceiling: fp32 matmul, 1024^3.
+    n = 256 if args.quick else 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = median_time(lambda: a @ b, max(repeats, 5))
+    ceiling = 2 * n**3 / t / 1e9
+    report["matmul_gflops"] = round(ceiling, 1)
+
+    def flops_per_token(cfg: TransformerConfig) -> float:
+        block = 12 * cfg.dim**2 + 13 * cfg.dim  # qkv, proj, 2 MLP layers (+ biases, norms)
+        weights = cfg.depth * block + cfg.dim * cfg.image_vocab
+        return 2 * weights + 2 * cfg.depth * cfg.seq_len * cfg.dim
+
+    report["sampling"], report["training"] = {}, {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        model = DALLE(cfg).eval()
+        for batch in (1, 8):
+            text = torch.randint(1, cfg.text_vocab, (batch, cfg.text_len))
+            for guided in (False, True):
+                cases = [("cache", True)] + (
+                    [("no cache", False)] if batch == 8 and not guided else []
+                )
+                for label, cache in cases:
+                    scale = 3.0 if guided else 1.0
+                    sec = time_sampling(model, text, repeats if cache else 1, scale, cache)
+                    key = f"{name} batch {batch}{' guided' if guided else ''} {label}"
+                    report["sampling"][key] = round(batch * cfg.image_len / sec, 1)
+        # Training: forward + backward + AdamW at batch 32 from codes.
+        objective = DalleObjective(DalleTrainConfig(caption_dropout=0.0))
+        text = torch.randint(1, cfg.text_vocab, (32, cfg.text_len))
+        codes = torch.randint(0, cfg.image_vocab, (32, cfg.image_len))
+        sec = time_step(model, objective, (text, codes), repeats)
+        tokens = 32 * cfg.seq_len / sec
+        achieved = 3 * flops_per_token(cfg) * tokens / 1e9
+        report["training"][name] = {
+            "tokens_per_s": round(tokens),
+            "gflops": round(achieved, 1),
+            "mfu": round(achieved / ceiling, 3),
+            "flops_per_token_forward": round(flops_per_token(cfg)),
+        }
+
+    # Sampling time against image tokens, with the cache, batch 8.
+    report["sampling_scaling"] = {}
+    grids = (2, 4) if args.quick else (8, 16, 32)
+    for grid in grids:
+        cfg = dataclasses.replace(base, image_grid=grid)
+        torch.manual_seed(0)
+        model = DALLE(cfg).eval()
+        text = torch.randint(1, cfg.text_vocab, (8, cfg.text_len))
+        sec = time_sampling(model, text, 1 if grid == 32 else repeats)
+        report["sampling_scaling"][str(grid * grid)] = {
+            "seconds": round(sec, 2),
+            "tokens_per_s": round(8 * grid * grid / sec, 1),
+        }
+
+    # The dVAE: tiny preset, relaxed ELBO, batch 32.
+    torch.manual_seed(0)
+    vae = DiscreteVAE(VAE_PRESETS["tiny"])
+    objective = VAEObjective(VAETrainConfig(warm_start=0.0))
+    sec = time_step(vae, objective, torch.rand(32, 3, 64, 64), repeats)
+    report["vae_images_per_s"] = round(32 / sec, 1)
+
+    print(f"fp32 matmul {n}^3: {ceiling:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    print(f"{'sampling (image tokens/s)':<34} {'value':>10}")
+    for key, value in report["sampling"].items():
+        print(f"{key:<34} {value:>10}")
+    for name, r in report["training"].items():
+        print(
+            f"training {name}, batch 32: {r['tokens_per_s']} tokens/s, {r['gflops']} GFLOP/s, MFU {r['mfu']:.0%}"
+        )
+    for tokens, r in report["sampling_scaling"].items():
+        print(
+            f"sampling {tokens:>5} image tokens, batch 8, cache: {r['seconds']} s ({r['tokens_per_s']} tokens/s)"
+        )
+    print(f"dVAE tiny, ELBO, batch 32: {report['vae_images_per_s']} images/s")
+    out = args.json or (None if args.quick else DEFAULT_JSON)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
