@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dalle.cli.common import (
+    add_checkpoint_args,
     non_negative_int,
     positive_float,
     positive_int,
@@ -45,14 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--save-every", type=positive_int, default=500, help="steps between saves")
-    p.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=500,
-        help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
-    )
-    p.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
-    p.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
+    add_checkpoint_args(p)
     p.add_argument("--force", action="store_true", help="write into a non-empty run folder")
     p.set_defaults(func=run)
 

@@ -79,3 +79,25 @@ def prepare_run_dir(out: Path, force: bool) -> Path:
         prepare_output_dir(out, force=force)
     distributed.barrier()
     return out
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> None:
+    """``--checkpoint-every``, ``--keep`` and ``--resume`` (and ``--checkpoint-minutes``)."""
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=500,
+        help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
+    )
+    p.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
+    if minutes:
+        p.add_argument(
+            "--checkpoint-minutes",
+            type=positive_float,
+            help="also checkpoint when this many minutes have passed since the last one",
+        )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
+    )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dalle.cli.common import (
+    add_checkpoint_args,
     non_negative_int,
     positive_float,
     positive_int,
@@ -70,27 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
-    t.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=500,
-        help="steps between training checkpoints (RUN/checkpoints/, for --resume)",
-    )
-    t.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept on disk")
-    t.add_argument(
-        "--checkpoint-minutes",
-        type=positive_float,
-        help="also checkpoint when this many minutes have passed since the last one",
-    )
+    add_checkpoint_args(t, minutes=True)
     t.add_argument(
         "--device",
         help="cpu, cuda or cuda:N (default: cuda when available; under torchrun "
         "each process its own GPU)",
-    )
-    t.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
     )
     t.add_argument("--force", action="store_true", help="write into a non-empty run folder")
     t.set_defaults(func=run_train)
