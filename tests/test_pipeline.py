@@ -45,7 +45,7 @@ def test_encode_writes_codes_and_captions(trained):
     images = torch.stack([image_to_tensor(s.image) for s in samples])
     assert tokens.captions == [s.caption for s in samples]
     assert (tokens.grid, tokens.vocab_size) == (8, 32)
-    assert torch.equal(tokens.codes, vae.encode(images))
+    assert torch.equal(tokens.codes.long(), vae.encode(images))
     assert tokens.vae_id == fingerprint(vae) and len(tokens.vae_id) == 16
 
 
@@ -63,7 +63,10 @@ def test_token_file_round_trip_and_bad_files(tmp_path):
     ts = TokenSet(codes, [f"caption {i}" for i in range(5)], 2, 40000)
     ts.save(tmp_path / "t.safetensors")
     back = TokenSet.load(tmp_path / "t.safetensors")
-    assert torch.equal(back.codes, codes) and back.captions == ts.captions and back.vae_id == ""
+    assert (
+        torch.equal(back.codes.long(), codes) and back.captions == ts.captions and back.vae_id == ""
+    )
+    assert back.codes.dtype == torch.int32  # as stored (40 000 codes need 32 bits), memory-mapped
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="unreadable token file"):
         TokenSet.load(tmp_path / "bad.safetensors")
@@ -187,3 +190,18 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (out / "samples" / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and all("score" in x for x in lines)
     assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0  # reruns into its folder
+
+
+def test_token_file_codes_are_memory_mapped(tmp_path):
+    codes = torch.arange(8).view(2, 4) % 5
+    TokenSet(codes, ["a", "b"], 2, 5).save(tmp_path / "t.safetensors")
+    back = TokenSet.load(tmp_path / "t.safetensors")
+    assert back.codes.dtype == torch.int16 and torch.equal(back.codes.long(), codes)
+    # The tensor reads the file's pages: a change written into the file shows through it.
+    raw = bytearray((tmp_path / "t.safetensors").read_bytes())
+    first = len(raw) - 2 * codes.numel()  # codes are the only tensor, stored last
+    raw[first : first + 2] = (4).to_bytes(2, "little")
+    with open(tmp_path / "t.safetensors", "r+b") as f:
+        f.seek(first)
+        f.write(raw[first : first + 2])
+    assert int(back.codes[0, 0]) == 4

@@ -26,7 +26,8 @@ FORMAT = "dalle-tokens-1"
 
 @dataclass
 class TokenSet:
-    """``codes`` ``(N, grid*grid)`` long in ``[0, vocab_size)`` with one caption per row."""
+    """``codes`` ``(N, grid*grid)`` integers in ``[0, vocab_size)`` (as stored: int16 or int32,
+    memory-mapped when loaded) with one caption per row."""
 
     codes: torch.Tensor
     captions: list[str]
@@ -44,7 +45,8 @@ class TokenSet:
             raise ValueError(f"{len(self.codes)} code rows but {len(self.captions)} captions")
         if len(self.codes) and (self.codes.min() < 0 or self.codes.max() >= self.vocab_size):
             raise ValueError(f"codes must lie in [0, {self.vocab_size})")
-        self.codes = self.codes.long()
+        if self.codes.is_floating_point():
+            raise ValueError(f"codes must be integers, got {self.codes.dtype}")
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -64,21 +66,47 @@ class TokenSet:
 
     @classmethod
     def load(cls, path: Path) -> TokenSet:
-        """Read a token file; anything else is a one-line ``ValueError``."""
+        """Read a token file; anything else is a one-line ``ValueError``. The codes are
+        memory-mapped, not read: batches read only their rows (the file is scanned once, to
+        check the code range)."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"token file {path} does not exist")
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:  # validates the whole layout
                 meta = f.metadata() or {}
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"{path}: not a dalle token file (written by `dalle encode`)")
-                codes = f.get_tensor("codes")
             captions = json.loads(meta["captions"])
             grid, vocab_size = int(meta["grid"]), int(meta["vocab_size"])
+            codes = _map_codes(path)
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: unreadable token file ({e})") from None
         return cls(codes, captions, grid, vocab_size, meta.get("vae_id", ""))
+
+
+def _map_codes(path: Path) -> torch.Tensor:
+    """The ``codes`` tensor of a safetensors file as a read-only memory map: the format is an
+    8-byte little-endian header size, a JSON header with each tensor's dtype, shape and byte
+    range, then the raw little-endian data."""
+    import struct
+    import warnings
+
+    import numpy as np
+
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    info = header["codes"]
+    dtype = {"I16": "<i2", "I32": "<i4", "I64": "<i8"}[info["dtype"]]
+    begin, _ = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if 0 in shape:
+        return torch.zeros(shape, dtype=torch.int16)
+    array = np.memmap(path, dtype=dtype, mode="r", offset=8 + size + begin, shape=shape)
+    with warnings.catch_warnings():  # read-only by design: nothing writes to a token file
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 @torch.no_grad()
@@ -110,5 +138,5 @@ def token_batches(
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         for start in range(0, n - batch_size + 1, batch_size):
             idx = order[start : start + batch_size]
-            yield text[idx], codes[idx]
+            yield text[idx], codes[idx].long()  # only the batch's rows leave the file
         epoch += 1
