@@ -138,11 +138,13 @@ class DallePipeline:
             raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
         if len(prompts) != len(images):
             raise ValueError(f"expected one prompt per image, got {len(prompts)} and {len(images)}")
-        text, _ = self.tokenizer.encode_batch(list(prompts), self.clip.cfg.text_len)
+        distinct = list(dict.fromkeys(prompts))  # reranking repeats each prompt per candidate
+        text, _ = self.tokenizer.encode_batch(distinct, self.clip.cfg.text_len)
         dev = self.clip.device
-        t = self.clip.encode_text(text.to(dev))
+        t = self.clip.encode_text(text.to(dev))  # (distinct, D)
+        row = torch.tensor([distinct.index(p) for p in prompts], device=dev)
         i = torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
-        return (t * i).sum(-1).cpu()
+        return (t[row] * i).sum(-1).cpu()
 
     def __call__(
         self,

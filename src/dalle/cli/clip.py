@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dalle.cli.common import (
     add_checkpoint_args,
+    data_captions,
     non_negative_int,
     positive_float,
     positive_int,
@@ -16,8 +17,6 @@ from dalle.cli.common import (
     record_settings,
     with_overrides,
 )
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,19 +80,14 @@ def clip_batches(data: str, image_size: int, batch_size: int, seed: int = 0) -> 
 
 def load_tokenizer(args: argparse.Namespace):
     """The tokenizer of ``--tokenizer``, else of ``--model``, else one trained on the captions."""
-    from dalle.data.shapes import make_sample
-    from dalle.data.shards import is_shards, shard_captions
-    from dalle.tokenizer import Tokenizer, read_captions
+    from dalle.pipeline import TOKENIZER_FILE
+    from dalle.tokenizer import Tokenizer
 
     if args.tokenizer is not None:
         return Tokenizer.load(args.tokenizer)
     if args.model is not None:
         return Tokenizer.load(args.model / TOKENIZER_FILE)
-    if args.data == "shapes":
-        captions = [make_sample(args.seed, "train", i).caption for i in range(4000)]
-    else:
-        captions = shard_captions(args.data) if is_shards(args.data) else read_captions(args.data)
-    return Tokenizer.train(captions, vocab_size=1024)
+    return Tokenizer.train(data_captions(args.data, 4000, args.seed), vocab_size=1024)
 
 
 def fit_clip(
@@ -117,6 +111,7 @@ def fit_clip(
 
     from dalle.config import to_dict
     from dalle.models.clip import CLIP
+    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
     from dalle.train.clip import train_clip
     from dalle.train.loop import Callback
 
@@ -128,7 +123,7 @@ def fit_clip(
 
     def save(step: int) -> None:
         tokenizer.save(out / "model" / TOKENIZER_FILE)
-        clip.save(out / "model" / "clip")
+        clip.save(out / "model" / CLIP_DIR)
 
     batches = clip_batches(data, model_cfg.image_size, train_cfg.batch_size, train_cfg.seed)
     callbacks = [Callback(save_every, save)]
@@ -144,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle.config import CLIP_PRESETS, preset
     from dalle.eval.clip import shapes_retrieval
     from dalle.io import write_json_atomic
-    from dalle.pipeline import DallePipeline, check_compatible
+    from dalle.pipeline import CLIP_DIR, DallePipeline, check_compatible
     from dalle.train import distributed
     from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.clip import CLIPTrainConfig
@@ -186,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(out / "eval.json", report["retrieval"])
     if pipe is not None:
         check_compatible(pipe.tokenizer, pipe.vae, pipe.transformer, clip)
-        clip.save(args.model / "clip")
-        report["added_to"] = str(args.model / "clip")
+        clip.save(args.model / CLIP_DIR)
+        report["added_to"] = str(args.model / CLIP_DIR)
     print(json.dumps(report))
     return 0

@@ -101,3 +101,16 @@ def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> No
         action="store_true",
         help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
     )
+
+
+def data_captions(data: str, num: int, seed: int = 0) -> list[str]:
+    """The captions of ``--data``: ``num`` shapes train captions, every caption line of a
+    folder's ``.txt`` files, or of tar shards (read without decoding images)."""
+    from dalle.data.shards import is_shards, shard_captions
+    from dalle.tokenizer import read_captions
+
+    if data == "shapes":
+        from dalle.data.shapes import make_sample
+
+        return [make_sample(seed, "train", i).caption for i in range(num)]
+    return shard_captions(data) if is_shards(data) else read_captions(Path(data))

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float
+from dalle.cli.common import data_captions, non_negative_int, positive_float
 
 # Shares of the budget; the transformer gets what the others leave, and the final samples
 # (RERANK candidates per image, then a plain draw to compare with) get SAMPLING_SHARE.
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle.cli.train import encode_data, fit_transformer
     from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, VAE_PRESETS, VAETrainConfig
     from dalle.data.batches import endless_batches
-    from dalle.data.shapes import ShapesStream, collate, make_sample
+    from dalle.data.shapes import ShapesStream, collate
     from dalle.eval.clip import shapes_retrieval
     from dalle.eval.shapes import fidelity
     from dalle.eval.vae import evaluate_vae
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return now
 
     t = time.perf_counter()
-    captions = [make_sample(args.seed, "train", i).caption for i in range(4000)]
-    tokenizer = Tokenizer.train(captions, vocab_size=1024)
+    tokenizer = Tokenizer.train(data_captions("shapes", 4000, args.seed), vocab_size=1024)
     t = lap("tokenizer_s", t)
 
     # Stage 1: the dVAE, with the default recipe cut to its share of the budget.

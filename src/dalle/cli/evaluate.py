@@ -101,24 +101,26 @@ def run_vae(args: argparse.Namespace) -> int:
 
 def clip_dir(path: Path) -> Path:
     """The folder holding ``tokenizer.json`` and ``clip/``: ``path`` itself or its ``model/``."""
+    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
+
     for candidate in (path, path / "model"):
-        if (candidate / "clip" / "config.json").is_file() and (
-            candidate / "tokenizer.json"
-        ).is_file():
+        has_clip = (candidate / CLIP_DIR / "config.json").is_file()
+        if has_clip and (candidate / TOKENIZER_FILE).is_file():
             return candidate
     raise ValueError(
-        f"{path}: no CLIP here (expected tokenizer.json and clip/ in it or in its model/)"
+        f"{path}: no CLIP here (expected {TOKENIZER_FILE} and {CLIP_DIR}/ in it or in its model/)"
     )
 
 
 def run_clip(args: argparse.Namespace) -> int:
     from dalle.eval.clip import shapes_retrieval
     from dalle.models.clip import CLIP
+    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
     from dalle.tokenizer import Tokenizer
 
     folder = clip_dir(args.model)
-    clip = CLIP.load(folder / "clip")
-    tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    clip = CLIP.load(folder / CLIP_DIR)
+    tokenizer = Tokenizer.load(folder / TOKENIZER_FILE)
     if tokenizer.vocab_size != clip.cfg.text_vocab:
         raise ValueError(
             f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids, clip/ expects {clip.cfg.text_vocab}"

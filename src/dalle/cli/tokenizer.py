@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_int
+from dalle.cli.common import data_captions, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,8 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dalle.data.shards import is_shards, shard_captions
-    from dalle.tokenizer import MIN_VOCAB_SIZE, Tokenizer, read_captions
+    from dalle.tokenizer import MIN_VOCAB_SIZE, Tokenizer
 
     if args.vocab_size < MIN_VOCAB_SIZE:  # checked before minutes of caption reading
         raise ValueError(f"--vocab-size must be >= {MIN_VOCAB_SIZE}, got {args.vocab_size}")
@@ -80,15 +79,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} already exists; pass --force to overwrite it")
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; expected a .json file path")
+    captions = data_captions(args.data, args.num, args.seed)
     if args.data == "shapes":
-        from dalle.data.shapes import make_sample
-
-        captions = [make_sample(args.seed, "train", i).caption for i in range(args.num)]
         source = f"{args.num} shapes train captions (seed {args.seed})"
     else:
-        captions = (
-            shard_captions(args.data) if is_shards(args.data) else read_captions(Path(args.data))
-        )
         source = f"{len(captions)} captions from {args.data}"
     tokenizer = Tokenizer.train(captions, args.vocab_size)
     tokenizer.save(args.out)
