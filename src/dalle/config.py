@@ -27,6 +27,13 @@ class VAEConfig:
 
     ``downsample`` = 2 ** (groups - 1): the encoder max-pools between groups, so a 256 px image
     with ``downsample=8`` (4 groups) becomes a 32 x 32 grid of codes.
+
+    ``palette`` > 0 makes the codebook a product (our extension, not the paper's): code
+    ``k = pattern * palette + colour`` with ``vocab_size // palette`` patterns. The encoder's
+    logit over code k is the sum of a pattern logit and a colour logit, and the decoder embeds
+    k as the sum of a pattern and a colour embedding, so a colour seen only on some outlines
+    can be encoded and drawn on the others (the held-out colour-shape pairs of the shapes set).
+    0 is the paper's flat codebook.
     """
 
     image_size: int = 64
@@ -36,6 +43,7 @@ class VAEConfig:
     n_hid: int = 16  # width of the first group; group g has n_hid * 2**g channels
     n_blk_per_group: int = 1
     n_init: int = 64  # decoder input width = codebook embedding size
+    palette: int = 0  # colours of a product codebook (0: a flat codebook, as in the paper)
 
     def __post_init__(self) -> None:
         _require(
@@ -56,6 +64,18 @@ class VAEConfig:
             self.n_blk_per_group >= 1, f"n_blk_per_group must be >= 1, got {self.n_blk_per_group}"
         )
         _require(self.n_init >= 1, f"n_init must be >= 1, got {self.n_init}")
+        _require(
+            self.palette == 0
+            or (self.palette >= 1 and self.vocab_size % self.palette == 0
+                and self.vocab_size // self.palette >= 2),
+            f"palette must be 0 or divide vocab_size={self.vocab_size} into >= 2 patterns, "
+            f"got {self.palette}",
+        )  # fmt: skip
+
+    @property
+    def patterns(self) -> int:
+        """Patterns of a product codebook (``vocab_size // palette``); 0 for a flat one."""
+        return self.vocab_size // self.palette if self.palette else 0
 
     @property
     def group_count(self) -> int:
@@ -73,7 +93,7 @@ class VAEConfig:
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     # 64x64 shapes -> 16x16 codes; small enough to train in minutes on 2 CPU cores.
-    "tiny": VAEConfig(),
+    "tiny": VAEConfig(vocab_size=1024, palette=8),
     # OpenAI's released dVAE: 256 px, 4 groups of 2 blocks, n_hid 256, 8192 codes -> 32x32.
     "paper": VAEConfig(
         image_size=256, downsample=8, vocab_size=8192, n_hid=256, n_blk_per_group=2, n_init=128
@@ -134,13 +154,14 @@ class VAETrainConfig:
         _require(self.kmeans_images >= 1, f"kmeans_images must be >= 1, got {self.kmeans_images}")
         _require(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
 
-    @property
-    def warm_start_steps(self) -> int:
-        return round(self.warm_start * self.steps)
         _require(
             self.recon in ("logit_laplace", "mse"),
             f"recon must be 'logit_laplace' or 'mse', got {self.recon!r}",
         )
+
+    @property
+    def warm_start_steps(self) -> int:
+        return round(self.warm_start * self.steps)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -201,12 +222,15 @@ class TransformerConfig:
     Image codes sit after the text ids in the combined output vocabulary, at offset
     ``text_vocab_total``. ``attention`` names one mask per layer (see
     ``dalle.models.transformer.attention_mask``); ``None`` means :func:`paper_attention`.
+    ``image_palette`` is the dVAE's ``palette``: for a product codebook the image codes are
+    embedded, and their logits formed, as pattern plus colour (see ``dalle.models.dalle``).
     """
 
     text_vocab: int = 512  # a placeholder in presets: replace with the tokenizer's vocab_size
     text_len: int = 16
     image_vocab: int = 512
     image_grid: int = 16  # the image is image_grid x image_grid codes in raster order
+    image_palette: int = 0  # the dVAE's palette (0: a flat codebook)
     dim: int = 256
     depth: int = 4
     heads: int = 8
@@ -220,6 +244,12 @@ class TransformerConfig:
         _require(self.text_len >= 2, f"text_len must be >= 2, got {self.text_len}")
         _require(self.image_vocab >= 2, f"image_vocab must be >= 2, got {self.image_vocab}")
         _require(self.image_grid >= 1, f"image_grid must be >= 1, got {self.image_grid}")
+        _require(
+            self.image_palette == 0
+            or (self.image_palette >= 1 and self.image_vocab % self.image_palette == 0),
+            f"image_palette must be 0 or divide image_vocab={self.image_vocab}, "
+            f"got {self.image_palette}",
+        )
         _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
         _require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
         _require(
@@ -263,6 +293,14 @@ class TransformerConfig:
     def vocab_total(self) -> int:
         """Combined output vocabulary: text ids first, then image codes."""
         return self.text_vocab_total + self.image_vocab
+
+    @property
+    def image_factors(self) -> int:
+        """Rows of the image embedding and head: one per code, or for a product codebook one
+        per pattern plus one per colour."""
+        if not self.image_palette:
+            return self.image_vocab
+        return self.image_vocab // self.image_palette + self.image_palette
 
 
 IMAGE_TOWERS = ("conv", "vit")

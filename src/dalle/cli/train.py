@@ -291,4 +291,5 @@ def sized_config(model_cfg, tokenizer, vae):
         text_vocab=tokenizer.vocab_size,
         image_vocab=vae.cfg.vocab_size,
         image_grid=vae.cfg.grid_size,
+        image_palette=vae.cfg.palette,
     )

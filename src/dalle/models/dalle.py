@@ -9,6 +9,10 @@ one combined vocabulary of ``vocab_total`` ids: text ids (pads included) in
 ``[0, text_vocab_total)``, image code ``i`` at id ``text_vocab_total + i``. Position t's logits
 predict token t + 1, so positions ``t < text_len - 1`` predict text (image ids masked to -inf)
 and the rest predict image codes (text ids masked to -inf).
+
+Product codebooks (``image_palette`` > 0, our extension): code ``p * C + c`` is embedded as
+``image_emb[p] + image_emb[P + c]``, and the head emits P pattern and C colour logits whose
+sums are the code logits, so the model can emit a colour-pattern pair it never saw together.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import TransformerConfig
+from dalle.models.codebook import product_logits
 from dalle.models.folder import load_component, save_component
 from dalle.models.transformer import KVCache, Transformer
 
@@ -33,12 +38,12 @@ class DALLE(nn.Module):
         self.cfg = cfg
         self.text_emb = nn.Embedding(cfg.text_vocab_total, cfg.dim)
         self.text_pos_emb = nn.Embedding(cfg.text_len, cfg.dim)
-        self.image_emb = nn.Embedding(cfg.image_vocab, cfg.dim)
+        self.image_emb = nn.Embedding(cfg.image_factors, cfg.dim)
         self.row_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.col_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_total)
+        self.head = nn.Linear(cfg.dim, cfg.text_vocab_total + cfg.image_factors)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith(".proj.weight"):
@@ -110,13 +115,24 @@ class DALLE(nn.Module):
     def _embed_image(self, image: torch.Tensor, first: int) -> torch.Tensor:
         """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``."""
         idx = torch.arange(first, first + image.shape[1], device=image.device)
-        g = self.cfg.image_grid
-        return self.image_emb(image.long()) + self.row_emb(idx // g) + self.col_emb(idx % g)
+        g, palette = self.cfg.image_grid, self.cfg.image_palette
+        if palette:
+            patterns = self.cfg.image_vocab // palette
+            image = image.long()
+            codes = self.image_emb(image // palette) + self.image_emb(patterns + image % palette)
+        else:
+            codes = self.image_emb(image.long())
+        return codes + self.row_emb(idx // g) + self.col_emb(idx % g)  # (B, n, C)
+
+    def _codes_logits(self, factors: torch.Tensor) -> torch.Tensor:
+        """The head's image outputs ``(..., image_factors)`` -> ``(..., image_vocab)``."""
+        palette = self.cfg.image_palette
+        return product_logits(factors, palette) if palette else factors
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(..., C)`` -> logits over image codes only ``(..., image_vocab)``."""
         o = self.cfg.text_vocab_total
-        return F.linear(h, self.head.weight[o:], self.head.bias[o:])
+        return self._codes_logits(F.linear(h, self.head.weight[o:], self.head.bias[o:]))
 
     def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
         """Mask the combined logits ``(B, L, V)``: text positions to text ids, the rest to codes."""
@@ -135,7 +151,11 @@ class DALLE(nn.Module):
         self.check_image(image, text.shape[0], self.cfg.image_len)
         x = torch.cat([self._embed_text(text), self._embed_image(image, 0)], dim=1)  # (B, L, C)
         h = self.transformer(self.drop(x))
-        return self._restrict(self.head(h))  # (B, L, V)
+        out = self.head(h)  # (B, L, text_vocab_total + image_factors)
+        if self.cfg.image_palette:
+            o = self.cfg.text_vocab_total
+            out = torch.cat([out[..., :o], self._codes_logits(out[..., o:])], dim=-1)
+        return self._restrict(out)  # (B, L, V)
 
     def prefill(
         self, text: torch.Tensor, cache: KVCache, image: torch.Tensor | None = None

@@ -6,6 +6,12 @@ conv out of the codebook (its weight *is* the codebook of K embeddings), mirrore
 nearest-neighbour upsampling, and a 1x1 conv to the parameters of a logit-Laplace
 distribution per sub-pixel. Each residual branch is scaled by ``1 / n_layers**2``.
 
+With ``VAEConfig.palette`` > 0 the codebook is a product of P patterns and C colours
+(gain-shape coding, our extension): the residual stacks handle brightness patterns only, a
+patch's colour is scored from its pixels and painted back from a learned palette (see
+:class:`Encoder`, :class:`Decoder`), so a colour seen only on some outlines in training can
+be encoded and drawn on all of them.
+
 Layer names follow OpenAI's release (``blocks.group_1.block_2.res_path.conv_3.w``) so that
 its weights import one to one (see ``dalle.models.openai_dvae``).
 """
@@ -23,6 +29,7 @@ from torch import nn
 
 from dalle.config import VAEConfig
 from dalle.images import check_images
+from dalle.models.codebook import code_marginals, product_logits
 from dalle.models.folder import load_component, save_component
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -123,61 +130,112 @@ def _stack(
     return nn.Sequential(OrderedDict(items))
 
 
+class ColourEncoder(nn.Module):
+    """Mapped pixels ``(B, C, H, W)`` -> colour logits ``(B, palette, h, w)``: the channel-wise
+    maximum of each ``f x f`` patch through two 1x1 convs (the gain of gain-shape coding)."""
+
+    def __init__(self, cfg: VAEConfig, width: int = 32):
+        super().__init__()
+        self.pool = nn.MaxPool2d(cfg.downsample)
+        self.conv_1 = Conv2d(cfg.channels, width, 1)
+        self.conv_2 = Conv2d(width, cfg.palette, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_2(F.relu(self.conv_1(self.pool(x))))
+
+
 class Encoder(nn.Module):
-    """``(B, C, H, W)`` mapped pixels -> ``(B, K, H/f, W/f)`` logits over the codebook."""
+    """``(B, C, H, W)`` mapped pixels -> ``(B, K, H/f, W/f)`` logits over the codebook.
+
+    For a product codebook the residual stack sees only each pixel's brightest channel and
+    scores the P patterns, a :class:`ColourEncoder` scores the colours, and a code's logit is
+    the sum of its pattern's and its colour's (:func:`product_logits`)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         widths = [cfg.n_hid * 2**g for g in range(cfg.group_count)]
-        first = ("input", Conv2d(cfg.channels, widths[0], 7))
-        last = Conv2d(widths[-1], cfg.vocab_size, 1)
+        first = ("input", Conv2d(1 if cfg.palette else cfg.channels, widths[0], 7))
+        last = Conv2d(widths[-1], cfg.patterns or cfg.vocab_size, 1)
         self.blocks = _stack(cfg, first, widths[0], widths, (3, 3, 3, 1), _POOL, last)
+        self.palette = cfg.palette
+        self.colour = ColourEncoder(cfg) if cfg.palette else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` mapped pixels -> ``(B, n, h, w)``: everything before the output layer."""
+        """``(B, C, H, W)`` mapped pixels -> ``(B, n, h, w)``: the stack before its output layer."""
+        if self.colour is not None:  # the pattern stack sees no colour
+            x = x.amax(dim=1, keepdim=True)
         for name, module in self.blocks.named_children():
             if name != "output":
                 x = module(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks.output(self.features(x))
+        logits = self.blocks.output(self.features(x))  # (B, K or P, h, w)
+        if self.colour is None:
+            return logits
+        factors = torch.cat([logits, self.colour(x)], dim=1).movedim(1, -1)  # (B, h, w, P + C)
+        return product_logits(factors, self.palette).permute(0, 3, 1, 2)  # (B, K, h, w)
 
 
 class Decoder(nn.Module):
-    """``(B, K, h, w)`` one-hot (or relaxed) codes -> ``(B, 2C, h*f, w*f)`` logit-Laplace stats."""
+    """``(B, K, h, w)`` one-hot (or relaxed) codes -> ``(B, 2C, h*f, w*f)`` logit-Laplace stats.
+
+    For a product codebook the residual stack draws from the pattern codes alone one
+    brightness per pixel, in (0, 1), which multiplies the colour of the patch's code (a row of
+    the learned ``palette``, ``(palette, C)`` in [0, 1]): gain-shape decoding, so any colour
+    goes with any pattern."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         widths = [cfg.n_hid * 2**g for g in reversed(range(cfg.group_count))]
-        first = ("input", Conv2d(cfg.vocab_size, cfg.n_init, 1))
-        last = Conv2d(widths[-1], 2 * cfg.channels, 1)
+        first = ("input", Conv2d(cfg.patterns or cfg.vocab_size, cfg.n_init, 1))
+        last = Conv2d(widths[-1], 2 if cfg.palette else 2 * cfg.channels, 1)
         self.blocks = _stack(cfg, first, cfg.n_init, widths, (1, 3, 3, 3), _UPSAMPLE, last)
+        self.cfg = cfg
+        if cfg.palette:
+            self.palette = nn.Parameter(torch.rand(cfg.palette, cfg.channels))
 
     @property
     def codebook(self) -> torch.Tensor:
-        """``(K, n_init)``: the embedding of each code (the input 1x1 conv's columns)."""
+        """``(K or P, n_init)``: the embedding of each code, or of each pattern for a product
+        codebook (the input 1x1 conv's columns)."""
         return self.blocks.input.w[:, :, 0, 0].t()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, K, h, w)`` codes (one-hot or relaxed) -> ``(B, 2C, H, W)`` stats."""
-        return self.blocks(z)
+        return self.forward_soft(z.permute(0, 2, 3, 1))
 
     def forward_soft(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes laid out ``(B, h, w, K)`` -> stats: the input 1x1 conv as one matmul over K."""
+        """Codes laid out ``(B, h, w, K)`` -> stats: the input 1x1 conv as one matmul over K
+        (over the pattern marginal for a product codebook)."""
+        colour = None
+        if self.cfg.palette:
+            marginals = code_marginals(z, self.cfg.palette)  # (B, h, w, P + C)
+            z, colour = marginals[..., : self.cfg.patterns], marginals[..., self.cfg.patterns :]
+            colour = colour @ self.palette  # (B, h, w, C)
         x = F.linear(z, self.blocks.input.w[:, :, 0, 0], self.blocks.input.b)  # (B, h, w, n_init)
-        return self._body(x.permute(0, 3, 1, 2))  # an NHWC view, no copy
+        return self._body(x.permute(0, 3, 1, 2), colour)  # an NHWC view, no copy
 
     def forward_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Integer codes ``(B, h, w)`` -> stats, by embedding lookup instead of a one-hot matmul."""
+        colour = None
+        if self.cfg.palette:
+            codes, colour = codes // self.cfg.palette, self.palette[codes % self.cfg.palette]
         x = F.embedding(codes, self.codebook) + self.blocks.input.b  # (B, h, w, n_init)
-        return self._body(x.permute(0, 3, 1, 2))
+        return self._body(x.permute(0, 3, 1, 2), colour)
 
-    def _body(self, x: torch.Tensor) -> torch.Tensor:
+    def _body(self, x: torch.Tensor, colour: torch.Tensor | None) -> torch.Tensor:
         for name, module in self.blocks.named_children():
             if name != "input":
                 x = module(x)
-        return x
+        if colour is None:
+            return x
+        # Gain-shape: brightness (B, 1, H, W) times the patch colour, as stats of that image.
+        colour = colour.clamp(0, 1).permute(0, 3, 1, 2)  # (B, C, h, w)
+        f = self.cfg.downsample
+        colour = colour.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)  # (B, C, H, W)
+        mu = torch.logit(map_pixels(torch.sigmoid(x[:, :1]) * colour))
+        return torch.cat([mu, x[:, 1:].expand_as(mu)], dim=1)  # (B, 2C, H, W)
 
 
 class DiscreteVAE(nn.Module):
@@ -212,7 +270,8 @@ class DiscreteVAE(nn.Module):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` in [0, 1] -> ``(B, K, h, w)`` encoder logits."""
-        return self.encoder.blocks.output(self.features(images))
+        self._check_images(images)
+        return self.encoder(map_pixels(images).contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dalle.config import VAETrainConfig, to_dict
+from dalle.config import VAEConfig, VAETrainConfig, to_dict
 from dalle.models.vae import DiscreteVAE, map_pixels
 from dalle.train.checkpoint import CheckpointConfig
 from dalle.train.schedules import cosine_ramp
@@ -125,14 +125,36 @@ def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
     return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * size * size)
 
 
+def kmeans_plus_plus(
+    points: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> list[int]:
+    """Indices of ``k`` seeds among ``points`` (N, D) by k-means++: each next seed is drawn
+    with probability proportional to its squared distance from the nearest seed so far."""
+    picks = [int(torch.randint(len(points), (1,), generator=generator))]
+    d2 = ((points - points[picks[0]]) ** 2).sum(1)
+    for _ in range(k - 1):
+        total = d2.sum()
+        p = d2 / total if total > 0 else torch.full_like(d2, 1 / len(d2))
+        picks.append(int(torch.multinomial(p, 1, generator=generator)))
+        d2 = torch.minimum(d2, ((points - points[picks[-1]]) ** 2).sum(1))
+    return picks
+
+
 def kmeans(
-    points: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None
+    points: torch.Tensor,
+    k: int,
+    iters: int,
+    generator: torch.Generator | None = None,
+    plus_plus: bool = False,
 ) -> torch.Tensor:
-    """Lloyd's k-means of ``points`` (N, D) from ``k`` random points; an empty cluster restarts
-    at a random point. Returns the centres ``(k, D)``."""
+    """Lloyd's k-means of ``points`` (N, D) from ``k`` random points (or k-means++ seeds); an
+    empty cluster restarts at a random point. Returns the centres ``(k, D)``."""
     if len(points) < k:
         raise ValueError(f"k-means needs at least k={k} points, got {len(points)}")
-    centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    if plus_plus:
+        centres = points[kmeans_plus_plus(points, k, generator)].clone()
+    else:
+        centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
     for _ in range(iters):
         assign = torch.cdist(points, centres).argmin(dim=1)  # (N,)
         counts = torch.bincount(assign, minlength=k).to(points.dtype)
@@ -146,14 +168,52 @@ def patch_codebook(
     images: torch.Tensor, cfg: VAETrainConfig, vae: DiscreteVAE, generator: torch.Generator
 ) -> torch.Tensor:
     """k-means centres ``(K, C * d * d)`` of the ``d x d`` pixel patches (d = the dVAE's
-    downsampling) of ``images``. Flat patches are thinned to a quarter of the others so that an
-    empty background does not take most of the codebook."""
+    downsampling) of ``images``; for a product codebook, see :func:`product_patch_codebook`.
+    Flat patches are thinned to a quarter of the others so that an empty background does not
+    take most of the codebook."""
+    if vae.cfg.palette:
+        return product_patch_codebook(images, cfg, vae, generator)
     patches = image_patches(images, vae.cfg.downsample)
     flat = (patches.amax(1) - patches.amin(1)) < 1e-3
     keep = max(int((~flat).sum()) // 4, 1)
     flat_rows = patches[flat][torch.randperm(int(flat.sum()), generator=generator)[:keep]]
     points = torch.cat([patches[~flat], flat_rows])
     return kmeans(points, vae.cfg.vocab_size, cfg.kmeans_iters, generator)
+
+
+def product_patch_codebook(
+    images: torch.Tensor, cfg: VAETrainConfig, vae: DiscreteVAE, generator: torch.Generator
+) -> torch.Tensor:
+    """Centres ``(P * C, channels * d * d)`` of a product codebook: centre ``p * C + c`` is
+    pattern p (an intensity map in [0, 1] per pixel) times colour c (gain-shape quantisation).
+
+    Each non-black patch ``(d * d, channels)`` is split by its best rank-1 fit into a pattern
+    scaled to a peak of 1 and a colour. The colours are k-means clustered into the palette; the
+    patterns into P - 2 clusters plus the empty and the full pattern (so black and solid
+    patches are exact)."""
+    p, c = vae.cfg.patterns, vae.cfg.palette
+    d2 = vae.cfg.downsample**2
+    patches = image_patches(images, vae.cfg.downsample)  # (N, channels * d * d)
+    patches = patches[patches.amax(1) > 1e-3].unflatten(1, (-1, d2))  # (N', channels, d*d)
+    u, s, v = torch.linalg.svd(patches.transpose(1, 2), full_matrices=False)  # (N, d*d, ch)
+    pattern, colour = u[:, :, 0], v[:, 0, :] * s[:, :1]  # (N, d*d), (N, ch)
+    sign = torch.sign(pattern.sum(1, keepdim=True))  # the rank-1 fit's sign is arbitrary
+    peak = (pattern * sign).amax(1, keepdim=True).clamp_min(1e-6)
+    pattern, colour = (pattern * sign / peak).clamp(0, 1), colour * sign * peak
+    # k-means++ seeds: a random start can merge two colours (seen: green into cyan).
+    palette = kmeans(colour, c, cfg.kmeans_iters, generator, plus_plus=True)  # (C, channels)
+    partial = pattern[pattern.amin(1) < 0.99]
+    shapes = kmeans(partial, p - 2, cfg.kmeans_iters, generator)
+    shapes = torch.cat([torch.zeros(1, d2), torch.ones(1, d2), shapes])  # (P, d*d)
+    centres = shapes[:, None, None, :] * palette[None, :, :, None]  # (P, C, channels, d*d)
+    return centres.flatten(2).flatten(0, 1)
+
+
+def palette_of(centres: torch.Tensor, cfg: VAEConfig) -> torch.Tensor:
+    """The colours ``(palette, channels)`` of :func:`product_patch_codebook`'s centres: the
+    codes of pattern 1, the full one."""
+    full = centres.unflatten(0, (cfg.patterns, cfg.palette))[1]  # (palette, channels * d * d)
+    return full.unflatten(1, (cfg.channels, -1))[:, :, 0]
 
 
 class PatchCodeObjective:
@@ -247,14 +307,18 @@ def train_vae(
     warm = cfg.warm_start_steps
     if warm:
         pool = torch.cat([next(images) for _ in range(-(-cfg.kmeans_images // cfg.batch_size))])
-        objective = PatchCodeObjective(cfg, patch_codebook(pool, cfg, vae, generator))
+        centres = patch_codebook(pool, cfg, vae, generator)
+        if vae.cfg.palette:  # the decoder's palette starts at the k-means colours
+            with torch.no_grad():
+                vae.decoder.palette.copy_(palette_of(centres, vae.cfg))
+        objective = PatchCodeObjective(cfg, centres)
         phase = replace(optim, steps=warm)
         if warm == cfg.steps:
             desc = "dVAE warm start"
             return train(vae, objective, images, phase, run_dir, callbacks, desc, progress,
                          checkpoint=checkpoint, resume=resume)  # fmt: skip
         train(vae, objective, images, phase, run_dir, callbacks, "dVAE warm start", progress)
-    elif cfg.init_spread > 0:
+    elif cfg.init_spread > 0 and not vae.cfg.palette:  # the init is for a flat logit layer
         init_batch = torch.cat([next(images) for _ in range(max(1, 64 // cfg.batch_size))])
         init_codebook_logits(vae, init_batch, cfg.init_spread, generator)
     rest = cfg.steps - warm
@@ -284,16 +348,7 @@ def init_codebook_logits(
     """
     h = F.relu(vae.features(images))  # the output layer's input: ReLU, then the 1x1 conv
     feats = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (N, n)
-    first = int(torch.randint(len(feats), (1,), generator=generator))
-    picks = [first]
-    d2 = ((feats - feats[first]) ** 2).sum(1)
-    for _ in range(vae.cfg.vocab_size - 1):  # k-means++ seeding: far features likelier picks
-        total = d2.sum()
-        p = d2 / total if total > 0 else torch.full_like(d2, 1 / len(d2))
-        i = int(torch.multinomial(p, 1, generator=generator))
-        picks.append(i)
-        d2 = torch.minimum(d2, ((feats - feats[i]) ** 2).sum(1))
-    centres = feats[picks]  # (K, n)
+    centres = feats[kmeans_plus_plus(feats, vae.cfg.vocab_size, generator)]  # (K, n)
     # -|f - c|^2 = 2 f.c - |c|^2 - |f|^2; the last term is the same for every code.
     logits = 2 * feats @ centres.t() - (centres**2).sum(1)
     scale = spread / logits.std(dim=1).mean().clamp_min(1e-8)
