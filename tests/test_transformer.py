@@ -159,8 +159,9 @@ def test_pads_are_per_position_tokens():
     torch.testing.assert_close(after[1], before[1], atol=0, rtol=0)
 
 
-def test_loss_matches_hand_computation():
-    model = model_for()
+@pytest.mark.parametrize("palette", [0, 3])  # flat codes, and 4 patterns x 3 colours
+def test_loss_matches_hand_computation(palette):
+    model = model_for(image_palette=palette)
     cfg = model.cfg
     text, image = batch(cfg, n=6)
     loss, metrics = dalle_loss(model, text, image, text_weight=0.3, image_weight=0.6)

@@ -124,15 +124,22 @@ class DALLE(nn.Module):
             codes = self.image_emb(image.long())
         return codes + self.row_emb(idx // g) + self.col_emb(idx % g)  # (B, n, C)
 
-    def _codes_logits(self, factors: torch.Tensor) -> torch.Tensor:
-        """The head's image outputs ``(..., image_factors)`` -> ``(..., image_vocab)``."""
-        palette = self.cfg.image_palette
-        return product_logits(factors, palette) if palette else factors
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(..., C)`` -> logits over text ids only ``(..., text_vocab_total)``."""
+        o = self.cfg.text_vocab_total
+        return F.linear(h, self.head.weight[:o], self.head.bias[:o])
+
+    def image_factor_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(..., C)`` -> the head's image outputs ``(..., image_factors)``: the
+        code logits, or for a product codebook the pattern then the colour logits."""
+        o = self.cfg.text_vocab_total
+        return F.linear(h, self.head.weight[o:], self.head.bias[o:])
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(..., C)`` -> logits over image codes only ``(..., image_vocab)``."""
-        o = self.cfg.text_vocab_total
-        return self._codes_logits(F.linear(h, self.head.weight[o:], self.head.bias[o:]))
+        factors = self.image_factor_logits(h)
+        palette = self.cfg.image_palette
+        return product_logits(factors, palette) if palette else factors
 
     def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
         """Mask the combined logits ``(B, L, V)``: text positions to text ids, the rest to codes."""
@@ -144,18 +151,20 @@ class DALLE(nn.Module):
 
     # ----- passes -----
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> restricted logits
-        ``(B, text_len + n, vocab_total)``; position t predicts token t + 1."""
+    def hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> the final hidden
+        states ``(B, text_len + n, C)``, before the head."""
         self.check_text(text)
         self.check_image(image, text.shape[0], self.cfg.image_len)
         x = torch.cat([self._embed_text(text), self._embed_image(image, 0)], dim=1)  # (B, L, C)
-        h = self.transformer(self.drop(x))
-        out = self.head(h)  # (B, L, text_vocab_total + image_factors)
-        if self.cfg.image_palette:
-            o = self.cfg.text_vocab_total
-            out = torch.cat([out[..., :o], self._codes_logits(out[..., o:])], dim=-1)
-        return self._restrict(out)  # (B, L, V)
+        return self.transformer(self.drop(x))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> restricted logits
+        ``(B, text_len + n, vocab_total)``; position t predicts token t + 1."""
+        h = self.hidden(text, image)
+        logits = torch.cat([self.text_logits(h), self.image_logits(h)], dim=-1)  # (B, L, V)
+        return self._restrict(logits)
 
     def prefill(
         self, text: torch.Tensor, cache: KVCache, image: torch.Tensor | None = None

@@ -39,14 +39,21 @@ def dalle_loss(
     if text_weight < 0 or image_weight < 0:
         raise ValueError(f"expected weights >= 0, got {text_weight}, {image_weight}")
     cfg = model.cfg
-    t, o = cfg.text_len, cfg.text_vocab_total
-    logits = model(text, image[:, :-1])  # (B, text_len + n - 1, V)
-    # The head already masks the other modality to -inf, so slicing it away changes nothing.
-    text_logits = logits[:, : t - 1, :o]  # (B, text_len - 1, text_vocab_total)
-    image_logits = logits[:, t - 1 :, o:]  # (B, n, image_vocab)
+    t = cfg.text_len
+    # Each position through the head of the modality it predicts, never the full vocabulary.
+    h = model.hidden(text, image[:, :-1])  # (B, text_len + n - 1, C)
+    text_logits = model.text_logits(h[:, : t - 1]).float()  # (B, text_len - 1, text_vocab_total)
     text_targets = model.text_tokens(text)[:, 1:]
-    text_loss = F.cross_entropy(text_logits.float().flatten(0, 1), text_targets.flatten())
-    image_loss = F.cross_entropy(image_logits.float().flatten(0, 1), image.long().flatten())
+    text_loss = F.cross_entropy(text_logits.flatten(0, 1), text_targets.flatten())
+    factors = model.image_factor_logits(h[:, t - 1 :]).float().flatten(0, 1)  # (B * n, F)
+    codes = image.long().flatten()
+    if cfg.image_palette:  # a product of two softmaxes: its NLL is the sum of theirs
+        p, c = cfg.image_vocab // cfg.image_palette, cfg.image_palette
+        image_loss = F.cross_entropy(factors[:, :p], codes // c) + F.cross_entropy(
+            factors[:, p:], codes % c
+        )
+    else:
+        image_loss = F.cross_entropy(factors, codes)
     loss = text_weight * text_loss + image_weight * image_loss
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
