@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt requirements-test-openai.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# [dev] includes the serve stack (FastAPI, uvicorn, httpx) and Playwright for the browser
+	# test, which drives Debian's /usr/bin/chromium: no `playwright install` (it downloads one).
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[dev]'
 	# OpenAI's dall-e package is a test-only reference for the dVAE importer; its torchvision
 	# requirement cannot sit beside CPU torch, so it goes in without dependencies.

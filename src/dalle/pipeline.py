@@ -15,6 +15,7 @@ per requested image and keep those CLIP finds closest to the prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,20 +111,27 @@ class DallePipeline:
         num_images: int = 1,
         seed: int = 0,
         batch_size: int = 16,
+        callback: Callable[[int, int], None] | None = None,
         **sampling,
     ) -> torch.Tensor:
         """Image codes ``(len(prompts) * num_images, h*w)``, prompt-major: all images of prompt
-        0, then prompt 1, ... ``sampling``: temperature, top_k, top_p, cond_scale, prime."""
+        0, then prompt 1, ... ``sampling``: temperature, top_k, top_p, cond_scale, prime.
+        ``callback(tokens_done, tokens_total)`` reports progress over all images."""
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         text = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)
         generator = torch.Generator(self.device).manual_seed(seed)
-        chunks = [
-            sample_codes(self.transformer, t.to(self.device), generator=generator, **sampling)
-            for t in text.split(batch_size)
-        ]
+        chunks: list[torch.Tensor] = []
+        for t in text.split(batch_size):
+            step = None
+            if callback is not None:
+                step = _chunk_progress(callback, sum(map(len, chunks)), len(t), len(text))
+            t = t.to(self.device)
+            chunks.append(
+                sample_codes(self.transformer, t, generator=generator, callback=step, **sampling)
+            )
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -157,10 +165,13 @@ class DallePipeline:
         cond_scale: float = 1.0,
         batch_size: int = 16,
         rerank: int | None = None,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Generation:
         """Generate ``num_images`` images per prompt. With ``rerank=N`` draw ``N * num_images``
         candidates per prompt and keep the ``num_images`` that CLIP scores highest, best first.
-        The same arguments (seed included) give the same images."""
+        The same arguments (seed included) give the same images. ``callback(tokens_done,
+        tokens_total)`` is called after each sampled position, counting image tokens over all
+        candidates; an exception it raises stops the call."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if rerank is not None and rerank < 1:
@@ -177,6 +188,7 @@ class DallePipeline:
             top_k=top_k,
             top_p=top_p,
             cond_scale=cond_scale,
+            callback=callback,
         )
         images = self.decode(codes)  # (P * draws, C, H, W)
         per_image = [p for p in prompts for _ in range(num_images)]
@@ -190,6 +202,17 @@ class DallePipeline:
             per_image,
             best.values.flatten().tolist(),
         )
+
+
+def _chunk_progress(
+    callback: Callable[[int, int], None], rows_before: int, rows: int, rows_total: int
+) -> Callable[[int, int], None]:
+    """Positions sampled in one chunk of ``rows`` images -> tokens done over all images."""
+
+    def step(done: int, positions: int) -> None:
+        callback(rows_before * positions + done * rows, rows_total * positions)
+
+    return step
 
 
 def check_compatible(

@@ -11,6 +11,7 @@ baseline of ``benchmarks/sampling_speed.py``). Every random draw uses the caller
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,13 +94,16 @@ def sample_codes(
     cond_scale: float = 1.0,
     prime: torch.Tensor | None = None,
     use_cache: bool = True,
+    callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Generate image codes ``(B, image_len)`` for captions ``text`` (B, text_len).
 
     ``prime`` (B, r * grid) holds the codes of the first r rows; they are returned unchanged
     and the rest is sampled. ``cond_scale != 1`` turns on classifier-free guidance against the
     all-pad caption. The model runs in eval mode (restored afterwards); the generator must live
-    on the model's device. The caller's tensors are never modified.
+    on the model's device. The caller's tensors are never modified. ``callback(done, total)``,
+    if given, is called after each sampled position (``total = image_len`` less the primed
+    codes); an exception it raises stops sampling and propagates (how a server cancels).
     """
     _check_options(temperature, top_k, top_p)
     if not math.isfinite(cond_scale):
@@ -145,6 +149,8 @@ def sample_codes(
             logits = model.prefill(text, cache, prefix)  # (B or 2B, image_vocab)
             for i in range(n0, n):
                 codes[:, i] = draw(logits)
+                if callback is not None:
+                    callback(i + 1 - n0, n - n0)
                 if i < n - 1:
                     logits = model.step(both(codes[:, i]), cache)
         else:
@@ -152,6 +158,8 @@ def sample_codes(
             for i in range(n0, n):
                 logits = model(text, both(codes[:, :i]))[:, -1, o:]  # full pass every step
                 codes[:, i] = draw(logits)
+                if callback is not None:
+                    callback(i + 1 - n0, n - n0)
     finally:
         model.train(was_training)
     return codes

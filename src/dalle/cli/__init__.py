@@ -18,12 +18,13 @@ from dalle.cli import (
     evaluate,
     generate,
     plot,
+    serve,
     tokenizer,
     train,
     vae,
 )
 
-COMMANDS = (data, tokenizer, vae, train, clip, generate, evaluate, plot, convert, demo)
+COMMANDS = (data, tokenizer, vae, train, clip, generate, evaluate, plot, convert, demo, serve)
 
 
 class _Parser(argparse.ArgumentParser):

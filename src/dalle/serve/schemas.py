@@ -1,0 +1,101 @@
+"""Request and response bodies of the HTTP API: pydantic models, published in ``/openapi.json``.
+
+The request model is strict (no unknown fields, no strings for numbers, no booleans for
+integers), so a typo or a wrong type is a 422 naming the field rather than a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IMAGES = 16
+MAX_RERANK = 16
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+class GenerateRequest(BaseModel):
+    """What to draw and how to sample it (see ``dalle.sampling``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"prompt": "a small red circle", "num_images": 4}]},
+    )
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="the caption")
+    num_images: int = Field(4, ge=1, le=MAX_IMAGES, description="images to return")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="reproduces the images; omitted: the server draws one"
+    )
+    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1, description="sample from the k likeliest codes")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass")
+    cond_scale: float = Field(
+        1.0, ge=0, le=20, allow_inf_nan=False, description="classifier-free guidance (1 = off)"
+    )
+    rerank: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_RERANK,
+        description="draw this many candidates per image, keep the best by CLIP (needs clip/)",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is blank")
+        return value
+
+
+class GeneratedImage(BaseModel):
+    png_base64: str = Field(description="the image as a base64-encoded PNG")
+    seed: int = Field(description="the request's seed: the same request with it redraws this")
+    index: int = Field(description="the image's place in the response, from 0")
+    score: float | None = Field(None, description="CLIP similarity to the prompt (with rerank)")
+
+
+class GenerateResponse(BaseModel):
+    prompt: str
+    images: list[GeneratedImage]
+    elapsed_s: float = Field(description="seconds from admission to the last image, queue included")
+
+
+class Error(BaseModel):
+    """Every error answer: one line, and the request field at fault where there is one."""
+
+    detail: str
+    field: str | None = None
+
+
+class QueueState(BaseModel):
+    running: int
+    waiting: int
+    capacity: int = Field(description="requests that may wait behind the running one")
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    image_size: int
+    device: str
+    queue: QueueState
+
+
+class ModelInfo(BaseModel):
+    name: str
+    device: str
+    image_size: int
+    has_clip: bool
+    tokenizer: dict[str, Any]
+    vae: dict[str, Any]
+    transformer: dict[str, Any]
+    clip: dict[str, Any] | None
+    limits: dict[str, Any]
+
+
+class Examples(BaseModel):
+    prompts: list[str]
