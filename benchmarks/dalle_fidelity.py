@@ -38,6 +38,12 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--prompt-seed",
+        type=int,
+        default=PROMPT_SEED,
+        help=f"seed of the prompts (default {PROMPT_SEED}, the benchmark's; tune on another)",
+    )
     parser.add_argument("--cond-scale", type=float, default=None)
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
@@ -50,7 +56,7 @@ def main() -> int:
 
     from dalle.eval.shapes import fidelity, open_pairs, read_manifest
 
-    prompts = fresh_prompts(args.prompts)
+    prompts = fresh_prompts(args.prompts, args.prompt_seed)
     args.out.mkdir(parents=True, exist_ok=True)
     prompt_file = args.out / "prompts.txt"
     prompt_file.write_text("\n".join(prompts) + "\n")
@@ -79,7 +85,7 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "prompt_seed": PROMPT_SEED,
+        "prompt_seed": args.prompt_seed,
         "prompts": len(prompts),
         "samples_per_prompt": args.samples,
         "generate_wall_s": round(wall, 1),

@@ -1,7 +1,9 @@
 """Speed of sampling and training, in one run: image tokens/s, training tokens/s, dVAE images/s,
-the machine's fp32 matmul ceiling and each training figure as model-FLOPs utilisation.
+the machine's fp32 matmul ceiling and each training figure as model-FLOPs utilisation, and,
+when it is installed (``benchmarks/requirements-peers.txt``), the same figures for the peer
+DALLE-pytorch 1.6.6 built with our dimensions, side by side with the ratio ours / theirs.
 
-    python benchmarks/speed.py [--repeats N] [--quick] [--json FILE]
+    python benchmarks/speed.py [--repeats N] [--quick] [--no-peer] [--json FILE]
 
 Model (the issue's reference): dim 256, depth 4, 8 heads of 32, full causal attention, GELU
 MLP of width 1024, 16 text tokens, 512 codes; config S has 8x8 image tokens, M 16x16.
@@ -14,6 +16,13 @@ one warm-up.
 FLOPs per token, forward, counted as multiply-adds x 2: ``2 * N`` for the ``N`` weights of the
 blocks and the image head, plus ``2 * L * T * d`` for attention scores and mixing over the
 causal average context ``T / 2`` (both QK^T and AV); training is 3x forward.
+
+The peer (``benchmarks/peers.py``, which lists the architectural differences and counts its
+FLOPs the same way) is timed at batch 8 on its default sampling path (``generate_images``
+without guidance, which recomputes the prefix every step), with guidance and its cache, and
+in training at batch 32 from codes. Each ratio is given in tokens/s and in FLOP/s (the tokens
+ratio times ours / theirs FLOPs per token). Importing it needs a stub for torchvision, which
+the run reports.
 """
 
 from __future__ import annotations
@@ -74,10 +83,68 @@ def time_step(model, objective, batch, repeats: int) -> float:
     return median_time(step, repeats)
 
 
+def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> dict:
+    """Time DALLE-pytorch on ``configs`` and print it beside our figures in ``report``.
+
+    Returns the JSON entry: version, import notes, architectural differences, their figures
+    (with forward FLOPs per token of both models) and, per figure, ours, theirs, ``ratio``
+    (ours / theirs in tokens/s) and ``ratio_flops`` (the same in model FLOP/s)."""
+    import peers
+
+    try:
+        peer = peers.load_peer()
+    except ImportError as e:  # installed, but not all of requirements-peers.txt
+        print(f"{peers.NAME} does not import ({e}): see benchmarks/requirements-peers.txt")
+        return {"name": peers.NAME, "installed": False, "error": str(e)}
+    if peer is None:
+        print(peers.NOT_INSTALLED)
+        return {"name": peers.NAME, "installed": False}
+    for note in peer.notes:
+        print(f"note: {note}")
+    theirs = peers.measure(peer, configs, repeats, median_time, time_step)
+    pairs = {  # our sampling figure (None: training), their figure
+        "sampling batch 8, each default path": ("batch 8 cache", "default"),
+        "sampling batch 8, no cache": ("batch 8 no cache", "default"),
+        "sampling batch 8, guided + cache": ("batch 8 guided cache", "guided cache"),
+        "training batch 32": (None, "training"),
+    }
+    comparison = {}
+    print(f"{peers.NAME} {peer.version} (tokens/s)")
+    print(f"{'':<40} {'ours':>9} {'theirs':>9} {'ours/theirs':>12} {'in FLOP/s':>10}")
+    for name, cfg in configs.items():
+        t = theirs[name]
+        ours_flops, their_flops = flops_per_token(cfg), t["flops_per_token_forward"]
+        t["ours_flops_per_token_forward"] = round(ours_flops)
+        t["training_gflops"] = round(3 * their_flops * t["training"] / 1e9, 1)
+        t["training_mfu"] = round(t["training_gflops"] / report["matmul_gflops"], 3)
+        for label, (key, their_key) in pairs.items():
+            ours = (report["training"][name]["tokens_per_s"] if key is None
+                    else report["sampling"][f"{name} {key}"])  # fmt: skip
+            ratio = ours / t[their_key]
+            row = {"ours": ours, "theirs": t[their_key], "ratio": round(ratio, 2),
+                   "ratio_flops": round(ratio * ours_flops / their_flops, 2)}  # fmt: skip
+            comparison[f"{name} {label}"] = row
+            print(f"{name + ' ' + label:<40} {ours:>9} {row['theirs']:>9} "
+                  f"{row['ratio']:>12.2f} {row['ratio_flops']:>10.2f}")  # fmt: skip
+    for name, t in theirs.items():
+        print(
+            f"{name}: forward FLOPs/token ours {t['ours_flops_per_token_forward'] / 1e6:.2f} M, "
+            f"theirs {t['flops_per_token_forward'] / 1e6:.2f} M; their training "
+            f"{t['training_gflops']} GFLOP/s, MFU {t['training_mfu']:.0%}"
+        )
+    for aspect, text in peers.DIFFERENCES.items():
+        print(f"difference, {aspect}: {text}")
+    return {
+        "name": peers.NAME, "installed": True, "version": peer.version, "notes": peer.notes,
+        "differences": peers.DIFFERENCES, "theirs": theirs, "comparison": comparison,
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, no JSON")
+    parser.add_argument("--no-peer", action="store_true", help="skip DALLE-pytorch")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -195,6 +262,8 @@ def main() -> int:
             f"sampling {tokens:>5} image tokens, batch 8, cache: {r['seconds']} s ({r['tokens_per_s']} tokens/s)"
         )
     print(f"dVAE tiny, ELBO, batch 32: {report['vae_images_per_s']} images/s")
+    if not args.no_peer:
+        report["peer"] = compare_peer(report, configs, repeats, flops_per_token)
     out = args.json or (None if args.quick else DEFAULT_JSON)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

