@@ -326,3 +326,13 @@ def test_load_rejects_corrupt_and_mismatched_weights(tmp_path):
     (tmp_path / "a" / "config.json").write_text('{"image_size": 32, "bogus": 1}')
     with pytest.raises(ValueError, match="unknown field"):
         DiscreteVAE.load(tmp_path / "a")
+
+
+def test_saved_config_values_are_type_checked():
+    from dalle.config import from_dict, to_dict
+
+    data = to_dict(TINY)
+    assert from_dict(VAEConfig, data) == TINY
+    for name, bad in (("palette", "8"), ("n_hid", 8.0), ("vocab_size", True)):
+        with pytest.raises(ValueError, match=f"field '{name}' must be int"):
+            from_dict(VAEConfig, {**data, name: bad})

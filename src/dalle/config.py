@@ -179,10 +179,33 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
     missing = sorted(names - set(data))  # a saved config states every field
     if missing:
         raise ValueError(f"{source}: missing field(s) {missing} for {cls.__name__}")
+    for f in fields(cls):  # type: ignore[arg-type]
+        _check_type(f.name, str(f.type), data[f.name], source)
     try:
         return cls(**data)
     except TypeError as e:
         raise ValueError(f"{source}: {e}") from None
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _check_type(name: str, annotation: str, value: Any, source: str) -> None:
+    """ValueError unless a saved ``value`` fits a scalar field's annotation (``int``, ``float``,
+    ``str``, ``bool``, each optionally ``| None``); other annotations are checked by the
+    config's own validation."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    base = [k for k in kinds if k != "None"]
+    if len(base) != 1 or base[0] not in (*_SCALARS, "bool"):
+        return
+    kind = base[0]
+    ok = isinstance(value, bool) if kind == "bool" else (
+        isinstance(value, _SCALARS[kind]) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise ValueError(f"{source}: field {name!r} must be {annotation}, got {value!r}")
 
 
 def load_config(cls: type[C], path: Path) -> C:

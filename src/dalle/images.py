@@ -37,18 +37,21 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
 
 
 def load_image(path: Path) -> Image.Image:
-    """Open an image file fully as RGB, or raise ``ValueError`` naming the file."""
+    """Open an image file fully as RGB, or raise ``ValueError`` naming the file. 16-bit grey
+    (PNG) keeps its top 8 bits rather than saturating; alpha is dropped, CMYK converted."""
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ValueError(
-                    f"{path}: image of {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS} limit"
-                )
-            im.load()
-            return im.convert("RGB")
-    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+            if w * h <= MAX_IMAGE_PIXELS:
+                im.load()
+                if im.mode == "I" or im.mode.startswith("I;16"):
+                    grey = np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8
+                    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+                return im.convert("RGB")
+    # Pillow's decoders also raise ValueError, EOFError and SyntaxError on damaged files.
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
+    raise ValueError(f"{path}: image of {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -15,6 +15,7 @@ per requested image and keep those CLIP finds closest to the prompt.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ TOKENIZER_FILE = "tokenizer.json"
 VAE_DIR = "vae"
 TRANSFORMER_DIR = "transformer"
 CLIP_DIR = "clip"
+MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
 
 
 @dataclass
@@ -65,7 +67,8 @@ class DallePipeline:
         """Load a folder written by :meth:`save_pretrained`."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise ValueError(f"model folder {directory} does not exist")
+            what = "is a file" if directory.exists() else "does not exist"
+            raise ValueError(f"model folder {directory} {what} (expected a folder)")
         for part in (TOKENIZER_FILE, VAE_DIR, TRANSFORMER_DIR):
             if not (directory / part).exists():
                 raise ValueError(
@@ -121,7 +124,15 @@ class DallePipeline:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        text = self.encode_prompts(prompts).repeat_interleave(num_images, dim=0)
+        if not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        text = self.encode_prompts(prompts)
+        if len(text) * num_images > MAX_CANDIDATES:
+            raise ValueError(
+                f"{len(text)} prompts x {num_images} images (reranking candidates included) is "
+                f"{len(text) * num_images}; expected at most {MAX_CANDIDATES} per call"
+            )
+        text = text.repeat_interleave(num_images, dim=0)
         generator = torch.Generator(self.device).manual_seed(seed)
         chunks: list[torch.Tensor] = []
         for t in text.split(batch_size):

@@ -69,17 +69,27 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """Draw one token per row from logits ``(B, V)`` -> ``(B,)`` long ids."""
+    """Draw one token per row from logits ``(B, V)`` -> ``(B,)`` long ids. A temperature near 0
+    tends to the argmax; inf or nan logits are a ``ValueError``."""
     _check_options(temperature, top_k, top_p)
     if logits.ndim != 2:
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
-    logits = logits.float() / temperature
+    logits = logits.float()
+    t = max(temperature, torch.finfo(logits.dtype).tiny)  # a smaller one is 0 in float32
+    logits = (logits - logits.amax(-1, keepdim=True)) / t  # the best at 0: a tiny t is greedy
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    try:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    except RuntimeError:
+        if torch.isfinite(probs).all():
+            raise
+        raise ValueError(  # inf or nan logits, e.g. from an enormous cond_scale
+            "expected finite logits to sample from, got inf or nan (is cond_scale too large?)"
+        ) from None
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ PAD = "[PAD]"
 SPECIAL_TOKENS = (PAD,)  # ids 0 .. len(SPECIAL_TOKENS) - 1
 BYTE_ALPHABET = 256  # byte-level BPE starts from one token per byte value
 MIN_VOCAB_SIZE = BYTE_ALPHABET + len(SPECIAL_TOKENS)
+MAX_VOCAB_SIZE = 2**20  # the trainer allocates per id up front: a huge size aborts the process
 
 
 def _valid_unicode(text: str) -> str:
@@ -55,6 +56,8 @@ class Tokenizer:
                 f"vocab_size must be >= {MIN_VOCAB_SIZE} ({BYTE_ALPHABET} byte tokens + "
                 f"{len(SPECIAL_TOKENS)} special), got {vocab_size}"
             )
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be <= {MAX_VOCAB_SIZE}, got {vocab_size}")
         texts = [_valid_unicode(c) for c in captions if c.strip()]
         if not texts:
             raise ValueError("no captions to train the tokenizer on")
@@ -164,7 +167,8 @@ class Tokenizer:
         """Read a file written by ``save``; ValueError naming ``path`` if it is not one."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"tokenizer file {path} does not exist")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"tokenizer file {path} {what} (expected a tokenizer JSON file)")
         try:
             backend = _Backend.from_str(path.read_text(encoding="utf-8"))
         except Exception as e:  # the backend raises a bare Exception on a malformed file

@@ -1,7 +1,8 @@
 """The ``dalle`` command line: one sub-command per job, each defined in its own module.
 
 Errors a user can fix (bad paths, bad numbers, bad files) are ``ValueError``s raised by the
-library; they print as one line on stderr with exit status 2. ``--debug`` shows the traceback.
+library, and ``OSError``s from the system (a full disk, a read-only folder); they print as one
+line on stderr with exit status 2. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(e: BaseException) -> str:
+    """One line for the user: an OSError as ``PATH: reason``, anything else its first line."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename is not None else e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (ValueError, OSError) as e:  # OSError: a full disk, a read-only or missing folder
         if args.debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        print(f"dalle {args.command}: error: {msg}", file=sys.stderr)
+        print(f"dalle {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dalle {args.command}: interrupted", file=sys.stderr)

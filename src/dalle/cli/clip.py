@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dalle.cli.common import (
+    MAX_TEXT_LEN,
     add_checkpoint_args,
     data_captions,
-    non_negative_int,
+    int_up_to,
     positive_float,
     positive_int,
     prepare_run_dir,
     record_settings,
+    seed_int,
     with_overrides,
 )
 
@@ -37,13 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="architecture preset: tiny or tiny-vit")
     p.add_argument(
         "--text-len",
-        type=positive_int,
+        type=int_up_to(MAX_TEXT_LEN),
         help="caption tokens (default: --model's transformer's, else the preset's)",
     )
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--save-every", type=positive_int, default=500, help="steps between saves")
     add_checkpoint_args(p)
     p.add_argument("--force", action="store_true", help="write into a non-empty run folder")

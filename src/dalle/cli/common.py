@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+MAX_SEED = 2**32 - 1  # as in the HTTP API; torch generators overflow past 2**64 - 1
+MAX_TEXT_LEN = 4096  # caption tokens: longer embeddings would exhaust memory, not train
 
-def _int_at_least(text: str, minimum: int, what: str) -> int:
+
+def _int_at_least(text: str, minimum: int, what: str, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
@@ -26,6 +30,20 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def seed_int(text: str) -> int:
+    return _int_at_least(text, 0, f"a seed in 0..{MAX_SEED}", MAX_SEED)
+
+
+def int_up_to(maximum: int) -> Callable[[str], int]:
+    """An argument type: a positive integer no larger than ``maximum`` (an absurd size would
+    exhaust memory or run for ever rather than fail)."""
+
+    def parse(text: str) -> int:
+        return _int_at_least(text, 1, f"an integer in 1..{maximum}", maximum)
+
+    return parse
 
 
 def positive_float(text: str) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_int
+from dalle.cli.common import positive_int, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, required=True, help="output folder (must be empty)")
     s.add_argument("--split", choices=("train", "holdout"), default="train")
     s.add_argument("--num", type=positive_int, default=1000, help="number of samples")
-    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--force", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=run_shapes)
 

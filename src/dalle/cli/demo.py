@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from dalle.cli.common import data_captions, non_negative_int, positive_float
+from dalle.cli.common import data_captions, positive_float, seed_int
 
 # Shares of the budget; the transformer gets what the others leave, and the final samples
 # (RERANK candidates per image, then a plain draw to compare with) get SAMPLING_SHARE.
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.add_argument("--minutes", type=positive_float, default=9.5, help="total time budget")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
 

@@ -10,7 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from dalle.cli.common import positive_int, vae_dir
+from dalle.cli.common import int_up_to, vae_dir
+
+MAX_EVAL_IMAGES = 10_000  # all rendered and held at once (CLIP: a square similarity matrix)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model", type=Path, required=True, help="run folder of train-vae, or its model/"
     )
     v.add_argument("--data", default="shapes", help="'shapes' or an image+.txt folder")
-    v.add_argument("--num", type=positive_int, default=256, help="number of images")
+    v.add_argument("--num", type=int_up_to(MAX_EVAL_IMAGES), default=256, help="number of images")
     v.set_defaults(func=run_vae)
     c = kinds.add_parser(
         "clip",
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--model", type=Path, required=True, help="train-clip run, its model/ or a pipeline folder"
     )
-    c.add_argument("--num", type=positive_int, default=256, help="pool size (>= 2)")
+    c.add_argument("--num", type=int_up_to(MAX_EVAL_IMAGES), default=256, help="pool size (>= 2)")
     c.set_defaults(func=run_clip)
 
 

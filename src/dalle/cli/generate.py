@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dalle.cli.common import non_negative_int, positive_float, positive_int
+from dalle.cli.common import positive_float, positive_int, seed_int
 
 
 def probability(text: str) -> float:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", dest="prompt_file", type=Path, metavar="FILE",
                    help="a file of prompts, one per line")  # fmt: skip
     p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top-k", type=positive_int, help="sample from the k likeliest codes")
     p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
@@ -59,8 +59,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompts)
     if args.prompt_file is not None:
         if not args.prompt_file.is_file():
-            raise ValueError(f"prompt file {args.prompt_file} does not exist")
-        lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
+            what = "is a folder" if args.prompt_file.is_dir() else "does not exist"
+            raise ValueError(f"prompt file {args.prompt_file} {what} (expected a text file)")
+        try:
+            lines = args.prompt_file.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"prompt file {args.prompt_file} is not UTF-8 text (byte {e.start})"
+            ) from None
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError("no prompts: give PROMPT arguments or --prompts FILE")

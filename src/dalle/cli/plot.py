@@ -20,13 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dalle.images import png_bytes
-    from dalle.io import write_bytes_atomic
+    from dalle.io import check_output_file, write_bytes_atomic
     from dalle.plot import plot_metrics, read_metrics
 
     sheet = plot_metrics(read_metrics(args.run / "metrics.jsonl"))
-    out = args.out or args.run / "curves.png"
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; expected a .png file path")
+    out = check_output_file(args.out or args.run / "curves.png", force=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, png_bytes(sheet))
     print(f"wrote {out}")
     return 0

@@ -71,14 +71,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dalle.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+    from dalle.io import check_output_file
+    from dalle.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, Tokenizer
 
-    if args.vocab_size < MIN_VOCAB_SIZE:  # checked before minutes of caption reading
-        raise ValueError(f"--vocab-size must be >= {MIN_VOCAB_SIZE}, got {args.vocab_size}")
-    if args.out.exists() and not args.force:
-        raise ValueError(f"{args.out} already exists; pass --force to overwrite it")
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; expected a .json file path")
+    if not MIN_VOCAB_SIZE <= args.vocab_size <= MAX_VOCAB_SIZE:  # before the captions are read
+        raise ValueError(
+            f"--vocab-size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE}, got {args.vocab_size}"
+        )
+    check_output_file(args.out, force=args.force)
     captions = data_captions(args.data, args.num, args.seed)
     if args.data == "shapes":
         source = f"{args.num} shapes train captions (seed {args.seed})"
@@ -98,7 +98,9 @@ def run_encode(args: argparse.Namespace) -> int:
     from dalle.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
-    for text in args.texts:
+    for n, text in enumerate(args.texts, 1):
+        if not tokenizer.normalize(text).strip():
+            raise ValueError(f"TEXT {n} is empty (expected a caption)")
         ids = tokenizer.tokenize(text)
         if args.text_len is not None:
             row, length = tokenizer.encode(text, args.text_len)

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dalle.cli.common import (
+    MAX_TEXT_LEN,
     add_checkpoint_args,
-    non_negative_int,
+    int_up_to,
     positive_float,
     positive_int,
     prepare_run_dir,
     record_settings,
+    seed_int,
     vae_dir,
     with_overrides,
 )
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="tiny", help="transformer preset: tiny or small")
     t.add_argument(
         "--text-len",
-        type=positive_int,
+        type=int_up_to(MAX_TEXT_LEN),
         help="caption tokens (default: the preset's; longer captions are cut with a warning)",
     )
     t.add_argument("--steps", type=positive_int)
@@ -69,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "fp16"),
         help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
     )
-    t.add_argument("--seed", type=non_negative_int, default=0)
+    t.add_argument("--seed", type=seed_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
     add_checkpoint_args(t, minutes=True)
     t.add_argument(
@@ -131,6 +133,7 @@ def image_batches(dataset, batch_size: int) -> Iterator:
 def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
     """Encode a dataset with a progress bar; returns a :class:`dalle.data.tokens.TokenSet`.
     Unreadable files of a folder are skipped and reported on stderr."""
+    import itertools
     import sys
 
     from tqdm import tqdm
@@ -139,6 +142,11 @@ def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
 
     dataset = open_images(data, vae.cfg.image_size, num, seed)
     batches = image_batches(dataset, batch_size)
+    first = next(batches, None)
+    if first is None:
+        why = dataset.report() if getattr(dataset, "report", None) else ""
+        raise ValueError(f"--data {data}: no image + caption pair could be read ({why or 'none'})")
+    batches = itertools.chain([first], batches)
     tokens = encode_pairs(vae, tqdm(batches, desc="encode", unit="batch", dynamic_ncols=True))
     if getattr(dataset, "report", None) and dataset.report():
         print(f"encode: {dataset.report()}", file=sys.stderr)
@@ -146,10 +154,10 @@ def encode_data(vae, data: str, num: int, batch_size: int, seed: int = 0):
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    from dalle.io import check_output_file
     from dalle.models.vae import DiscreteVAE
 
-    if args.out.exists() and not args.force:
-        raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+    check_output_file(args.out, force=args.force)  # before minutes of encoding
     vae = DiscreteVAE.load(vae_dir(args.vae))
     tokens = encode_data(vae, args.data, args.num, args.batch_size_encode)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.train import distributed
     from dalle.train.checkpoint import CheckpointConfig
     from dalle.train.dalle import DalleTrainConfig
+    from dalle.train.loop import OptimConfig
 
     if (args.tokens is None) == (args.data is None):
         raise ValueError("give exactly one of --tokens FILE or --data shapes|DIR")
@@ -190,6 +199,11 @@ def run_train(args: argparse.Namespace) -> int:
         "ema": args.ema,
     }
     train_cfg = with_overrides(DalleTrainConfig(), overrides)
+    OptimConfig.of(train_cfg)  # checks --ema and --precision before the run folder is made
+    if train_cfg.batch_size > len(tokens):
+        raise ValueError(
+            f"--batch-size {train_cfg.batch_size} is more than the {len(tokens)} token rows"
+        )
     if args.resume and not args.out.is_dir():
         raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
     out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group

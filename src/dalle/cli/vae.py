@@ -9,11 +9,11 @@ from pathlib import Path
 
 from dalle.cli.common import (
     add_checkpoint_args,
-    non_negative_int,
     positive_float,
     positive_int,
     prepare_run_dir,
     record_settings,
+    seed_int,
     with_overrides,
 )
 
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="hard one-hot codes forward, relaxed gradients",
     )
     p.add_argument("--recon", choices=("logit_laplace", "mse"), help="reconstruction loss")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--save-every", type=positive_int, default=500, help="steps between checkpoints and grids"
     )

@@ -31,7 +31,8 @@ def _scan(root: Path) -> tuple[list[tuple[Path, Path]], int]:
     if not root.is_dir():
         raise ValueError(f"data folder {root} does not exist or is not a folder")
     pairs, unpaired = [], 0
-    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    images = (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    for image in sorted(images):  # is_file: a pipe or socket named x.png would block reading
         txt = image.with_suffix(".txt")
         if txt.is_file():
             pairs.append((image, txt))

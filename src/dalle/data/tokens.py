@@ -71,7 +71,8 @@ class TokenSet:
         check the code range)."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"token file {path} does not exist")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"token file {path} {what} (expected a file from `dalle encode`)")
         try:
             with safe_open(str(path), framework="pt") as f:  # validates the whole layout
                 meta = f.metadata() or {}

@@ -53,6 +53,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
             raise ValueError(
                 f"{path}: {name} has shape {tuple(t.shape)}, config expects {tuple(expected[name].shape)}"
             )
+        if t.dtype != expected[name].dtype:  # a cast would load other numbers silently
+            raise ValueError(
+                f"{path}: {name} is {t.dtype}, the model expects {expected[name].dtype}"
+            )
     model.load_state_dict(tensors, strict=True)
 
 
@@ -60,9 +64,17 @@ def load_component(directory: Path, config_cls: type, build: type[M]) -> M:
     """Read ``directory/config.json`` as ``config_cls``, build the module, load its weights."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"model folder {directory} does not exist")
+        what = "is a file" if directory.exists() else "does not exist"
+        raise ValueError(f"model folder {directory} {what} (expected a folder)")
     config = load_config(config_cls, directory / CONFIG_FILE)
-    model = build(config)
+    try:
+        model = build(config)
+    except (TypeError, RuntimeError) as e:  # a wrong type or an absurd size in config.json
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{directory / CONFIG_FILE}: cannot build the model it describes ({reason}); "
+            "expected the config saved with these weights"
+        ) from e
     load_weights(model, directory / WEIGHTS_FILE)
     return model.eval()
 

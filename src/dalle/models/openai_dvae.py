@@ -7,7 +7,9 @@ imports its classes and runs whatever the file names, so this loader never calls
 restricted unpickler that allows only tensor rebuilding, ``OrderedDict``/``set``, and the
 module classes of ``dall_e`` and ``torch.nn``, each replaced by an inert stand-in that keeps
 the pickled attributes. Anything else is refused with a ``ValueError`` before it runs. The
-``dall_e`` package is never imported. The pre-1.6 (non-zip) ``torch.save`` format is refused.
+``dall_e`` package is never imported. The pre-1.6 (non-zip) ``torch.save`` format is refused,
+and so is an archive with compressed entries (``torch.save`` writes none; a small file that
+inflates to gigabytes would exhaust memory).
 
 The weights ``w``/``b`` are copied by dotted path into :class:`DiscreteVAE`, whose layer names
 match OpenAI's, with strict name, shape and residual-gain checks.
@@ -122,11 +124,12 @@ class _DVAEUnpickler(pickle.Unpickler):
             raise ValueError(f"{self.source}: malformed storage record for key {key!r:.40}")
         if key not in self.storages:
             try:
-                raw = self.archive.read(f"{self.prefix}data/{key}")
+                info = self.archive.getinfo(f"{self.prefix}data/{key}")
             except KeyError:
                 raise ValueError(f"{self.source}: no storage {key!r:.40} in the archive") from None
-            if len(raw) != numel * kind.dtype.itemsize:
+            if info.file_size != numel * kind.dtype.itemsize:  # checked before reading it
                 raise ValueError(f"{self.source}: storage {key} is not {numel} x {kind.dtype}")
+            raw = self.archive.read(info)
             # (numel,) flat storage; the tensors are strided views of it
             flat = torch.frombuffer(bytearray(raw), dtype=kind.dtype) if raw else torch.empty(0)
             self.storages[key] = flat.to(kind.dtype)
@@ -137,7 +140,9 @@ def read_pickled_module(path: str | Path) -> _Stub:
     """Read a ``torch.save``-d module as an inert tree of stand-ins, running no code from it."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"missing file {path}")
+        raise ValueError(
+            f"{path} is a folder, not a file" if path.is_dir() else f"missing file {path}"
+        )
     if not zipfile.is_zipfile(path):
         with path.open("rb") as f:
             head = f.read(2)
@@ -149,6 +154,8 @@ def read_pickled_module(path: str | Path) -> _Stub:
         if len(names) != 1:
             raise ValueError(f"{path}: not a torch.save archive (no <name>/data.pkl entry)")
         prefix = names[0][: -len("data.pkl")]
+        if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+            raise ValueError(f"{path}: compressed entries (torch.save stores them uncompressed)")
         order = f"{prefix}byteorder"
         if order in archive.namelist() and archive.read(order).strip() != b"little":
             raise ValueError(f"{path}: only little-endian archives are supported")

@@ -11,8 +11,9 @@ Routes (the request and response bodies are in ``dalle.serve.schemas`` and ``/op
 - ``GET /v1/health``, ``GET /v1/model``, ``GET /v1/examples`` (captions of the built-in set).
 
 Generation runs on the worker of ``dalle.serve.worker``. Every error answer is
-``{detail, field?}``: 422 for a bad request (naming the field), 429 with ``Retry-After`` when
-the queue is full, 504 past the time limit, 500 when the model fails (the server stays up).
+``{detail, field?}``: 413 for a body over ``MAX_BODY_BYTES``, 422 for a bad request (naming the
+field), 429 with ``Retry-After`` when the queue is full, 504 past the time limit, 500 when the
+model fails (the server stays up).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from dalle.serve.worker import GenerationQueue, Job, JobCancelled, JobTimeout, P
 log = logging.getLogger("dalle.serve")
 GRACE_S = 5.0  # past a job's deadline, the request stops waiting for a worker that is stuck
 KEEPALIVE_S = 15.0  # an SSE comment this often while a streamed job waits in the queue
+# A request body is a prompt of at most MAX_PROMPT_CHARS (12 bytes each, JSON-escaped at worst)
+# and a few numbers; a larger one is refused before it is read whole.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class ApiError(Exception):
@@ -70,7 +74,48 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
+class BodyLimit:
+    """ASGI middleware: answers 413 to a request whose body is over ``limit`` bytes, by its
+    ``Content-Length`` or, for a chunked body, as soon as the bytes received pass the limit;
+    the app then sees the whole (small) body at once."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self.refuse(scope, receive, send)
+        body, message = bytearray(), {"more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                return await self.app(scope, _replay(message, receive), send)
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await self.refuse(scope, receive, send)
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+        await self.app(scope, _replay(whole, receive), send)
+
+    async def refuse(self, scope: dict, receive: Callable, send: Callable) -> None:
+        detail = f"the request body is over the {self.limit}-byte limit"
+        await ApiError(413, detail).response()(scope, receive, send)
+
+
+def _replay(first: dict, receive: Callable) -> Callable:
+    """``receive`` that returns ``first`` once, then the real messages (a disconnect)."""
+    pending = [first]
+
+    async def replayed() -> dict:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": Error, "description": f"the request body is over {MAX_BODY_BYTES} bytes"},
     422: {"model": Error, "description": "a bad request; `field` names the request field"},
     429: {"model": Error, "description": "the queue is full; retry after `Retry-After` seconds"},
     500: {"model": Error, "description": "the model failed on this request"},
@@ -124,8 +169,10 @@ def create_app(
     name: str = "dalle",
     queue_size: int = 8,
     timeout_s: float = 120.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The FastAPI app serving ``pipeline``; its worker starts and stops with the app."""
+    """The FastAPI app serving ``pipeline``; its worker starts and stops with the app. Request
+    bodies over ``max_body_bytes`` are answered 413 unread."""
     jobs = GenerationQueue(queue_size, timeout_s)
     page = files("dalle.serve").joinpath("page.html").read_text(encoding="utf-8")
     examples = example_prompts()
@@ -148,6 +195,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.jobs = jobs
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
 
@@ -193,6 +241,7 @@ def create_app(
                 "max_images": MAX_IMAGES,
                 "max_rerank": MAX_RERANK,
                 "max_prompt_chars": MAX_PROMPT_CHARS,
+                "max_body_bytes": max_body_bytes,
                 "queue_size": jobs.capacity,
                 "timeout_s": jobs.timeout_s,
             },

@@ -4,9 +4,10 @@ A checkpoint is one file ``RUN/checkpoints/step_00001234.pt`` holding the model 
 state, the step, the global torch RNG state and the objective's own random state (e.g. the
 caption-dropout generator). The learning rate is a pure function of the step and the data
 position is the number of batches drawn (the batch iterators are deterministic given their
-seed), so nothing else is needed. Files are written atomically (temporary file, fsync, rename)
-and read back with ``torch.load(weights_only=True)``, which cannot run code. The newest
-``keep`` are kept; resuming takes the newest one that reads back whole.
+seed), so nothing else is needed. Files are written atomically (temporary file, fsync, rename;
+the next save removes the temporary file of a process killed mid-write) and read back with
+``torch.load(weights_only=True)``, which cannot run code. The newest ``keep`` are kept;
+resuming takes the newest one that reads back whole.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     write_bytes_atomic(path, buffer.getvalue())
     for old in checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+    for stale in path.parent.glob(".step_*.pt.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 

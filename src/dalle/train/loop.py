@@ -5,14 +5,19 @@ AdamW (no weight decay on biases, norms and embeddings), warm-up + cosine learni
 gradient clipping, seeding, a progress bar, JSONL metrics, periodic callbacks (model folders,
 sample grids) and training checkpoints that resume exactly (``dalle.train.checkpoint``). An
 objective with random state of its own exposes it as ``state_dict`` / ``load_state_dict``.
+Ctrl-C (SIGINT) stops the run at the end of the step it lands in, so the checkpoint saved then
+never holds a half-applied optimizer update; a second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -188,7 +193,7 @@ def train(
         dynamic_ncols=True,
     )
     metrics_path = run_dir / "metrics.jsonl" if main else Path(os.devnull)
-    with open(metrics_path, "a", encoding="utf-8") as log:
+    with open(metrics_path, "a", encoding="utf-8") as log, _sigint_at_step_end() as stop:
         try:
             for step in bar:
                 lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
@@ -239,6 +244,8 @@ def train(
                     )
                 if ema is not None and done == cfg.steps:  # the average is the result
                     model.load_state_dict(ema.module.state_dict())
+                if stop:  # Ctrl-C during this step: save it whole (below) and stop
+                    raise KeyboardInterrupt
                 if not main:
                     continue
                 since = time.perf_counter() - saved_at
@@ -258,6 +265,28 @@ def train(
             raise
     model.eval()
     return last
+
+
+@contextmanager
+def _sigint_at_step_end() -> Iterator[list[int]]:
+    """While active, a first SIGINT is only recorded in the yielded list (the loop checks it
+    after each whole step) and a second one raises ``KeyboardInterrupt`` as usual. Left alone
+    outside the main thread or when the caller has its own SIGINT handler."""
+    stop: list[int] = []
+    ours = threading.current_thread() is threading.main_thread()
+    if not ours or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield stop
+        return
+
+    def record(signum: int, frame: object) -> None:
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _resume(
@@ -302,8 +331,14 @@ def _trim_metrics(path: Path, step: int) -> None:
         return
     from dalle.io import write_bytes_atomic
 
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    def before(line: str) -> bool:  # a line torn by a crash mid-write is dropped too
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except (json.JSONDecodeError, AttributeError):
+            return False
+
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = [x for x in lines if x.strip() and before(x)]
     write_bytes_atomic(path, "".join(x + "\n" for x in kept).encode())
 
 
