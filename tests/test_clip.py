@@ -181,6 +181,18 @@ def test_rerank_keeps_the_best_candidates_in_order(pipeline_dir):
         pipe(prompts, rerank=0)
 
 
+def test_best_distinct_takes_each_image_once_before_repeating():
+    from dalle.pipeline import best_distinct
+
+    images = torch.zeros(5, 3, 2, 2)
+    images[1, 0] = 1.0  # images 0, 2 and 4 are one image; 1 and 3 differ from it and each other
+    images[3, 1] = 0.5
+    scores = torch.tensor([0.9, 0.5, 0.9, 0.1, 0.9])  # the same image scores the same
+    assert best_distinct(scores, images, 3) == [0, 1, 3]
+    assert best_distinct(scores, images, 4) == [0, 2, 1, 3]  # a repeat only to fill in
+    assert best_distinct(scores, images, 1) == [0]
+
+
 def test_rerank_without_clip_is_a_clear_error(pipeline_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="no clip/"):
         DallePipeline.from_pretrained(pipeline_dir)("a red circle", rerank=2)

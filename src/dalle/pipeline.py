@@ -179,7 +179,8 @@ class DallePipeline:
         callback: Callable[[int, int], None] | None = None,
     ) -> Generation:
         """Generate ``num_images`` images per prompt. With ``rerank=N`` draw ``N * num_images``
-        candidates per prompt and keep the ``num_images`` that CLIP scores highest, best first.
+        candidates per prompt and keep the ``num_images`` distinct ones that CLIP scores
+        highest, best first (see :func:`best_distinct`).
         The same arguments (seed included) give the same images. ``callback(tokens_done,
         tokens_total)`` is called after each sampled position, counting image tokens over all
         candidates; an exception it raises stops the call."""
@@ -206,13 +207,33 @@ class DallePipeline:
         if rerank is None:
             return Generation([tensor_to_image(x) for x in images], per_image)
         scores = self.score([p for p in prompts for _ in range(draws)], images)
-        best = scores.view(len(prompts), draws).topk(num_images, dim=1)  # sorted, best first
-        keep = (best.indices + draws * torch.arange(len(prompts))[:, None]).flatten()
+        keep = [
+            j * draws + i
+            for j in range(len(prompts))
+            for i in best_distinct(
+                scores[j * draws : (j + 1) * draws], images[j * draws : (j + 1) * draws], num_images
+            )
+        ]
         return Generation(
-            [tensor_to_image(images[i]) for i in keep.tolist()],
-            per_image,
-            best.values.flatten().tolist(),
+            [tensor_to_image(images[i]) for i in keep], per_image, scores[keep].tolist()
         )
+
+
+def best_distinct(scores: torch.Tensor, images: torch.Tensor, k: int) -> list[int]:
+    """Indices of the ``k`` best of ``scores`` (N,), best first, taking each distinct image of
+    ``images`` (N, C, H, W) in [0, 1] once: a low temperature often draws one image many times
+    (and a product codebook can draw one image with different codes), and a caller asking
+    for k images wants k different ones. Repeats fill in only when fewer than k differ."""
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    pixels = (images * 255).round().to(torch.uint8).cpu()
+    seen: set[bytes] = set()
+    first, again = [], []
+    for i in order:
+        key = pixels[i].numpy().tobytes()
+        (again if key in seen else first).append(i)
+        seen.add(key)
+    chosen = set((first + again)[:k])
+    return [i for i in order if i in chosen]
 
 
 def _chunk_progress(
