@@ -220,9 +220,11 @@ class Transformer(nn.Module):
         if cache is not None:
             self._check_cache(cache, b, start, end)
         for i, layer in enumerate(self.layers):
-            mask = self.mask(layer.kind)[start:end, :end]  # (T, S)
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            causal = layer.kind == "full" and cache is None
+            full = layer.kind == "full"
+            causal = full and start == 0  # the square causal mask: fused kernels skip reading it
+            # One new query under full attention sees every key so far: no mask at all.
+            mask = None if full and t == 1 else self.mask(layer.kind)[start:end, :end]  # (T, S)
             x = layer(x, mask, kv, start, causal)
         if cache is not None:
             cache.pos = end
