@@ -137,3 +137,18 @@ def test_factorised_image_head_and_embedding():
     steps = [model.prefill(text, cache)]
     steps += [model.step(image[:, i], cache) for i in range(cfg.image_len - 1)]
     torch.testing.assert_close(torch.stack(steps, 1), h_logits[:, :-1], atol=1e-5, rtol=0)
+
+
+def test_pipeline_refuses_a_transformer_that_reads_the_codes_otherwise():
+    from dalle.pipeline import check_compatible
+    from dalle.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(["a red circle", "a blue square"] * 8, vocab_size=300)
+    vae = DiscreteVAE(PRODUCT)  # 8 patterns x 3 colours, a 8 x 8 grid
+    cfg = dataclasses.replace(
+        TINY_PRODUCT, text_vocab=tokenizer.vocab_size, image_vocab=24, image_grid=8
+    )
+    check_compatible(tokenizer, vae, DALLE(cfg))
+    flat = DALLE(dataclasses.replace(cfg, image_palette=0))
+    with pytest.raises(ValueError, match="8 patterns x 3 colours .* image_palette=0"):
+        check_compatible(tokenizer, vae, flat)

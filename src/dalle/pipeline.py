@@ -263,6 +263,12 @@ def check_compatible(
             f"codes but the transformer expects {cfg.image_grid}x{cfg.image_grid} of "
             f"{cfg.image_vocab}: the parts come from different runs"
         )
+    if vae.cfg.palette != cfg.image_palette:
+        raise ValueError(
+            f"the dVAE's codes are {vae.cfg.patterns or vae.cfg.vocab_size} patterns x "
+            f"{vae.cfg.palette or 1} colours but the transformer reads them with image_palette="
+            f"{cfg.image_palette}: the parts come from different runs"
+        )
     if clip is not None:
         c = clip.cfg
         if tokenizer.vocab_size != c.text_vocab:
