@@ -45,6 +45,8 @@ def test_code_marginals_split_a_one_hot_into_two():
 def test_config_rejects_a_palette_that_does_not_divide_the_codebook():
     with pytest.raises(ValueError, match="palette must be 0 or divide"):
         dataclasses.replace(PRODUCT, palette=5)
+    with pytest.raises(ValueError, match="into >= 3 patterns"):  # empty, full and k-means ones
+        dataclasses.replace(PRODUCT, vocab_size=8, palette=4)
     with pytest.raises(ValueError, match="image_palette must be 0 or divide"):
         TransformerConfig(image_vocab=12, image_palette=5)
 

@@ -28,12 +28,13 @@ class VAEConfig:
     ``downsample`` = 2 ** (groups - 1): the encoder max-pools between groups, so a 256 px image
     with ``downsample=8`` (4 groups) becomes a 32 x 32 grid of codes.
 
-    ``palette`` > 0 makes the codebook a product (our extension, not the paper's): code
-    ``k = pattern * palette + colour`` with ``vocab_size // palette`` patterns. The encoder's
-    logit over code k is the sum of a pattern logit and a colour logit, and the decoder embeds
-    k as the sum of a pattern and a colour embedding, so a colour seen only on some outlines
-    can be encoded and drawn on the others (the held-out colour-shape pairs of the shapes set).
-    0 is the paper's flat codebook.
+    ``palette`` > 0 makes the codebook a product (gain-shape coding, our extension, not the
+    paper's): code ``k = pattern * palette + colour`` with ``vocab_size // palette >= 3``
+    patterns. The encoder's logit over code k is the sum of a pattern logit (from a colour-blind
+    stack) and a colour logit, and the decoder multiplies the brightness it draws from the
+    pattern by the colour's palette entry, so a colour seen only on some outlines can be encoded
+    and drawn on the others (the held-out colour-shape pairs of the shapes set). 0 is the
+    paper's flat codebook.
     """
 
     image_size: int = 64
@@ -67,8 +68,8 @@ class VAEConfig:
         _require(
             self.palette == 0
             or (self.palette >= 1 and self.vocab_size % self.palette == 0
-                and self.vocab_size // self.palette >= 2),
-            f"palette must be 0 or divide vocab_size={self.vocab_size} into >= 2 patterns, "
+                and self.vocab_size // self.palette >= 3),
+            f"palette must be 0 or divide vocab_size={self.vocab_size} into >= 3 patterns, "
             f"got {self.palette}",
         )  # fmt: skip
 

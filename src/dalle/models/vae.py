@@ -212,7 +212,7 @@ class Decoder(nn.Module):
         if self.cfg.palette:
             marginals = code_marginals(z, self.cfg.palette)  # (B, h, w, P + C)
             z, colour = marginals[..., : self.cfg.patterns], marginals[..., self.cfg.patterns :]
-            colour = colour @ self.palette  # (B, h, w, C)
+            colour = colour @ self.palette.clamp(0, 1)  # (B, h, w, C)
         x = F.linear(z, self.blocks.input.w[:, :, 0, 0], self.blocks.input.b)  # (B, h, w, n_init)
         return self._body(x.permute(0, 3, 1, 2), colour)  # an NHWC view, no copy
 
@@ -220,7 +220,8 @@ class Decoder(nn.Module):
         """Integer codes ``(B, h, w)`` -> stats, by embedding lookup instead of a one-hot matmul."""
         colour = None
         if self.cfg.palette:
-            codes, colour = codes // self.cfg.palette, self.palette[codes % self.cfg.palette]
+            palette = self.palette.clamp(0, 1)
+            codes, colour = codes // self.cfg.palette, palette[codes % self.cfg.palette]
         x = F.embedding(codes, self.codebook) + self.blocks.input.b  # (B, h, w, n_init)
         return self._body(x.permute(0, 3, 1, 2), colour)
 
@@ -231,7 +232,7 @@ class Decoder(nn.Module):
         if colour is None:
             return x
         # Gain-shape: brightness (B, 1, H, W) times the patch colour, as stats of that image.
-        colour = colour.clamp(0, 1).permute(0, 3, 1, 2)  # (B, C, h, w)
+        colour = colour.permute(0, 3, 1, 2)  # (B, C, h, w), each in [0, 1]
         f = self.cfg.downsample
         colour = colour.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)  # (B, C, H, W)
         mu = torch.logit(map_pixels(torch.sigmoid(x[:, :1]) * colour))

@@ -204,7 +204,7 @@ def product_patch_codebook(
     palette = kmeans(colour, c, cfg.kmeans_iters, generator, plus_plus=True)  # (C, channels)
     partial = pattern[pattern.amin(1) < 0.99]
     shapes = kmeans(partial, p - 2, cfg.kmeans_iters, generator)
-    shapes = torch.cat([torch.zeros(1, d2), torch.ones(1, d2), shapes])  # (P, d*d)
+    shapes = torch.cat([shapes.new_zeros(1, d2), shapes.new_ones(1, d2), shapes])  # (P, d*d)
     centres = shapes[:, None, None, :] * palette[None, :, :, None]  # (P, C, channels, d*d)
     return centres.flatten(2).flatten(0, 1)
 
@@ -229,7 +229,8 @@ class PatchCodeObjective:
         """The nearest centre of each patch, ``(B, h, w)``."""
         n = vae.cfg.grid_size
         patches = image_patches(images, vae.cfg.downsample)
-        return torch.cdist(patches, self.centres).argmin(dim=1).view(-1, n, n)
+        centres = self.centres.to(patches.device, patches.dtype)
+        return torch.cdist(patches, centres).argmin(dim=1).view(-1, n, n)
 
     def __call__(
         self, model: DiscreteVAE, images: torch.Tensor, step: int
