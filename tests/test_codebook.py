@@ -38,8 +38,9 @@ def test_product_logits_softmax_is_the_product_of_factor_softmaxes():
 
 def test_code_marginals_split_a_one_hot_into_two():
     z = F.one_hot(torch.tensor([7, 0]), 12).float()  # code 7 = pattern 2, colour 1 (C = 3)
-    m = code_marginals(z, 3)
-    assert m.tolist()[0] == [0, 0, 1, 0, 0, 1, 0] and m.tolist()[1] == [1, 0, 0, 0, 1, 0, 0]
+    pattern, colour = code_marginals(z, 3)
+    assert pattern.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
+    assert colour.tolist() == [[0, 1, 0], [1, 0, 0]]
 
 
 def test_config_rejects_a_palette_that_does_not_divide_the_codebook():

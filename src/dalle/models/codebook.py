@@ -19,8 +19,13 @@ def product_logits(factors: torch.Tensor, palette: int) -> torch.Tensor:
     return (pattern[..., :, None] + colour[..., None, :]).flatten(-2)
 
 
-def code_marginals(z: torch.Tensor, palette: int) -> torch.Tensor:
-    """``(..., P * C)`` weights over product codes -> ``(..., P + C)``: the pattern marginal
-    then the colour marginal (a one-hot code becomes two one-hots)."""
+def split_codes(codes: torch.Tensor, palette: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer product codes -> ``(pattern, colour)`` ids of the same shape."""
+    return codes // palette, codes % palette
+
+
+def code_marginals(z: torch.Tensor, palette: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., P * C)`` weights over product codes -> their pattern marginal ``(..., P)`` and
+    colour marginal ``(..., C)`` (a one-hot code becomes two one-hots)."""
     z = z.unflatten(-1, (-1, palette))  # (..., P, C)
-    return torch.cat([z.sum(-1), z.sum(-2)], dim=-1)
+    return z.sum(-1), z.sum(-2)

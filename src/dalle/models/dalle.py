@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import TransformerConfig
-from dalle.models.codebook import product_logits
+from dalle.models.codebook import product_logits, split_codes
 from dalle.models.folder import load_component, save_component
 from dalle.models.transformer import KVCache, Transformer
 
@@ -117,9 +117,8 @@ class DALLE(nn.Module):
         idx = torch.arange(first, first + image.shape[1], device=image.device)
         g, palette = self.cfg.image_grid, self.cfg.image_palette
         if palette:
-            patterns = self.cfg.image_vocab // palette
-            image = image.long()
-            codes = self.image_emb(image // palette) + self.image_emb(patterns + image % palette)
+            pattern, colour = split_codes(image.long(), palette)
+            codes = self.image_emb(pattern) + self.image_emb(self.cfg.image_vocab // palette + colour)
         else:
             codes = self.image_emb(image.long())
         return codes + self.row_emb(idx // g) + self.col_emb(idx % g)  # (B, n, C)

@@ -29,7 +29,7 @@ from torch import nn
 
 from dalle.config import VAEConfig
 from dalle.images import check_images
-from dalle.models.codebook import code_marginals, product_logits
+from dalle.models.codebook import code_marginals, product_logits, split_codes
 from dalle.models.folder import load_component, save_component
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -210,8 +210,7 @@ class Decoder(nn.Module):
         (over the pattern marginal for a product codebook)."""
         colour = None
         if self.cfg.palette:
-            marginals = code_marginals(z, self.cfg.palette)  # (B, h, w, P + C)
-            z, colour = marginals[..., : self.cfg.patterns], marginals[..., self.cfg.patterns :]
+            z, colour = code_marginals(z, self.cfg.palette)  # (B, h, w, P), (B, h, w, palette)
             colour = colour @ self.palette.clamp(0, 1)  # (B, h, w, C)
         x = F.linear(z, self.blocks.input.w[:, :, 0, 0], self.blocks.input.b)  # (B, h, w, n_init)
         return self._body(x.permute(0, 3, 1, 2), colour)  # an NHWC view, no copy
@@ -220,8 +219,8 @@ class Decoder(nn.Module):
         """Integer codes ``(B, h, w)`` -> stats, by embedding lookup instead of a one-hot matmul."""
         colour = None
         if self.cfg.palette:
-            palette = self.palette.clamp(0, 1)
-            codes, colour = codes // self.cfg.palette, palette[codes % self.cfg.palette]
+            codes, colour = split_codes(codes, self.cfg.palette)
+            colour = self.palette.clamp(0, 1)[colour]  # (B, h, w, C)
         x = F.embedding(codes, self.codebook) + self.blocks.input.b  # (B, h, w, n_init)
         return self._body(x.permute(0, 3, 1, 2), colour)
 

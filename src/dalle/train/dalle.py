@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dalle.models.codebook import split_codes
 from dalle.models.dalle import DALLE
 from dalle.train.checkpoint import CheckpointConfig
 from dalle.train.loop import Callback, OptimConfig, train
@@ -48,9 +49,10 @@ def dalle_loss(
     factors = model.image_factor_logits(h[:, t - 1 :]).float().flatten(0, 1)  # (B * n, F)
     codes = image.long().flatten()
     if cfg.image_palette:  # a product of two softmaxes: its NLL is the sum of theirs
-        p, c = cfg.image_vocab // cfg.image_palette, cfg.image_palette
-        image_loss = F.cross_entropy(factors[:, :p], codes // c) + F.cross_entropy(
-            factors[:, p:], codes % c
+        p = cfg.image_vocab // cfg.image_palette
+        pattern, colour = split_codes(codes, cfg.image_palette)
+        image_loss = F.cross_entropy(factors[:, :p], pattern) + F.cross_entropy(
+            factors[:, p:], colour
         )
     else:
         image_loss = F.cross_entropy(factors, codes)
