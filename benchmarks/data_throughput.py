@@ -41,7 +41,8 @@ def main() -> int:
     from dalle.models.dalle import DALLE
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
-    from dalle.train.dalle import DalleObjective, DalleTrainConfig
+    from dalle.train.config import TransformerTrainConfig
+    from dalle.train.dalle import DalleObjective
 
     torch.manual_seed(0)
     captions = [make_sample(0, "train", i).caption for i in range(2000)]
@@ -53,7 +54,7 @@ def main() -> int:
         image_vocab=vae.cfg.vocab_size,
         image_grid=vae.cfg.grid_size,
     )
-    objective = DalleObjective(DalleTrainConfig(batch_size=args.batch))
+    objective = DalleObjective(TransformerTrainConfig(batch_size=args.batch))
 
     pixels = endless_batches(ShapesStream("train", seed=0), args.batch, collate)
     needed = (3 + args.steps) * args.repeats + 3

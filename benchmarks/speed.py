@@ -150,10 +150,11 @@ def main() -> int:
 
     import torch
 
-    from dalle.config import VAE_PRESETS, TransformerConfig, VAETrainConfig, to_dict
+    from dalle.config import VAE_PRESETS, TransformerConfig, to_dict
     from dalle.models.dalle import DALLE
     from dalle.models.vae import DiscreteVAE
-    from dalle.train.dalle import DalleObjective, DalleTrainConfig
+    from dalle.train.config import TransformerTrainConfig, VAETrainConfig
+    from dalle.train.dalle import DalleObjective
     from dalle.train.vae import VAEObjective
 
     repeats = 1 if args.quick else args.repeats
@@ -212,7 +213,7 @@ def main() -> int:
                     key = f"{name} batch {batch}{' guided' if guided else ''} {label}"
                     report["sampling"][key] = round(batch * cfg.image_len / sec, 1)
         # Training: forward + backward + AdamW at batch 32 from codes.
-        objective = DalleObjective(DalleTrainConfig(caption_dropout=0.0))
+        objective = DalleObjective(TransformerTrainConfig(caption_dropout=0.0))
         text = torch.randint(1, cfg.text_vocab, (32, cfg.text_len))
         codes = torch.randint(0, cfg.image_vocab, (32, cfg.image_len))
         sec = time_step(model, objective, (text, codes), repeats)

@@ -20,6 +20,8 @@ from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.tokenizer import Tokenizer
 
+EXAMPLES = [make_sample(0, "train", i).caption for i in range(8)]
+
 
 def tiny_parts(grid: int = 4) -> tuple[Tokenizer, DiscreteVAE, DALLE]:
     """A tokenizer, a dVAE drawing 64 px from ``grid`` x ``grid`` codes, a 1-layer transformer."""
@@ -54,7 +56,7 @@ class ScriptedPipeline(DallePipeline):
 
 
 def scripted(grid: int = 4, **behaviour: Any) -> ScriptedPipeline:
-    pipe = ScriptedPipeline(*tiny_parts(grid))
+    pipe = ScriptedPipeline(*tiny_parts(grid), examples=EXAMPLES)
     for key, value in behaviour.items():
         setattr(pipe, key, value)
     return pipe

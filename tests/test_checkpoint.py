@@ -13,12 +13,13 @@ from dalle.cli import main
 from dalle.config import TransformerConfig
 from dalle.data.tokens import token_batches
 from dalle.models.dalle import DALLE
-from dalle.train.checkpoint import CheckpointConfig, checkpoints, load_latest
-from dalle.train.dalle import DalleTrainConfig, train_dalle
+from dalle.train.checkpoint import checkpoints, load_latest
+from dalle.train.config import CheckpointConfig, TransformerTrainConfig
+from dalle.train.dalle import fit_transformer
 
 CFG = TransformerConfig(text_vocab=20, text_len=4, image_vocab=8, image_grid=2, dim=16,
                         depth=1, heads=2, dropout=0.1, attention=("full",))  # fmt: skip
-TRAIN = DalleTrainConfig(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, caption_dropout=0.5)
+TRAIN = TransformerTrainConfig(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, caption_dropout=0.5)
 
 
 class Stop(Exception):
@@ -44,7 +45,7 @@ def _run(run_dir: Path, stop_at: int | None = None, resume: bool = False) -> DAL
 
     callbacks = [Callback(1, stop)] if stop_at else []
     batches = token_batches(text, codes, TRAIN.batch_size, TRAIN.seed)
-    train_dalle(model, TRAIN, batches, run_dir, callbacks, False, CheckpointConfig(every=2), resume)
+    fit_transformer(model, TRAIN, batches, run_dir, callbacks, False, CheckpointConfig(every=2), resume)
     return model
 
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.config import TransformerConfig, VAEConfig, VAETrainConfig
+from dalle.config import TransformerConfig, VAEConfig
 from dalle.data.shapes import ShapesDataset, collate
 from dalle.models.codebook import code_marginals, product_logits
 from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
+from dalle.train.config import VAETrainConfig
 
 PRODUCT = VAEConfig(image_size=32, downsample=4, vocab_size=24, n_hid=8, n_init=16, palette=3)
 # The spec's colours (SHAPES.md), written out here as an independent reference.
@@ -83,7 +84,7 @@ def test_decoder_paints_the_code_colour_on_a_shared_brightness():
 
 
 def test_kmeans_product_codebook_recovers_the_spec_palette():
-    from dalle.train.vae import palette_of, patch_codebook
+    from dalle.train.kmeans import palette_of, patch_codebook
 
     images = collate([ShapesDataset("train", 256, seed=5)[i] for i in range(256)])["image"]
     cfg = dataclasses.replace(PRODUCT, image_size=64, vocab_size=8 * 32, palette=8)
@@ -99,14 +100,14 @@ def test_kmeans_product_codebook_recovers_the_spec_palette():
 
 def test_warm_start_trains_a_product_codebook(tmp_path):
     from dalle.eval.vae import psnr
-    from dalle.train.vae import train_vae
+    from dalle.train.vae import fit_vae
 
     images = collate([ShapesDataset("train", 16, seed=3)[i] for i in range(16)])["image"]
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(PRODUCT, image_size=64, vocab_size=64 * 8, palette=8))
     before = psnr(vae.decode(vae.encode(images)), images)
     cfg = VAETrainConfig(steps=40, batch_size=16, lr=3e-3, warmup_steps=5, kmeans_images=16)
-    train_vae(
+    fit_vae(
         vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=40, progress=False
     )
     after = psnr(vae.decode(vae.encode(images)), images)

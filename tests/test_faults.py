@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dalle.cli import main
-from dalle.train.checkpoint import CHECKPOINT_DIR, CheckpointConfig, checkpoints
+from dalle.train.checkpoint import CHECKPOINT_DIR, checkpoints
+from dalle.train.config import CheckpointConfig
 from test_checkpoint import CFG, TRAIN, _data
 
 pytestmark = pytest.mark.skipif(
@@ -50,7 +51,7 @@ def _child(run: str, events: Connection) -> None:
     ``events``, and writes ``run/final.safetensors`` when all steps are done."""
     from dalle.data.tokens import token_batches
     from dalle.models.dalle import DALLE
-    from dalle.train.dalle import train_dalle
+    from dalle.train.dalle import fit_transformer
     from dalle.train.loop import Callback
 
     real_fsync = os.fsync
@@ -71,7 +72,7 @@ def _child(run: str, events: Connection) -> None:
     resume = bool(checkpoints(Path(run)))
     events.send("ready")
     checkpoint = CheckpointConfig(every=EVERY, keep=2)
-    train_dalle(model, cfg, batches, Path(run), [report], False, checkpoint, resume)
+    fit_transformer(model, cfg, batches, Path(run), [report], False, checkpoint, resume)
     save_file(model.state_dict(), str(Path(run) / "final.safetensors"))
 
 

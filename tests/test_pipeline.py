@@ -169,7 +169,7 @@ def test_mismatched_parts_are_refused(trained, tmp_path):
 
 def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     """The README's first command, shrunk: tiny models, two prompts, a 12-second budget."""
-    import dalle.cli.demo as demo
+    import dalle.demo as demo
     from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, TransformerConfig
 
     monkeypatch.setitem(VAE_PRESETS, "tiny", VAE)
@@ -205,3 +205,17 @@ def test_token_file_codes_are_memory_mapped(tmp_path):
         f.seek(first)
         f.write(raw[first : first + 2])
     assert int(back.codes[0, 0]) == 4
+
+
+def test_example_prompts_travel_with_the_model_folder(trained, tmp_path):
+    pipe = DallePipeline.from_pretrained(trained["model"])
+    tokens = TokenSet.load(trained["tokens"])
+    assert pipe.examples and set(pipe.examples) <= set(tokens.captions)  # its own captions
+    pipe.examples = ["a red circle", "a blue square"]
+    pipe.save_pretrained(tmp_path / "m")
+    assert DallePipeline.from_pretrained(tmp_path / "m").examples == pipe.examples
+    (tmp_path / "m" / "examples.json").unlink()  # a folder from before examples were saved
+    assert DallePipeline.from_pretrained(tmp_path / "m").examples == []
+    (tmp_path / "m" / "examples.json").write_text('{"prompts": ["ok", 3]}')
+    with pytest.raises(ValueError, match="examples.json: expected"):
+        DallePipeline.from_pretrained(tmp_path / "m")

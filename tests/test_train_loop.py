@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from dalle.train.loop import OptimConfig, train
+from dalle.train.config import OptimConfig
+from dalle.train.loop import train
 
 
 class Regression:

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.config import VAE_PRESETS, VAEConfig, VAETrainConfig
+from dalle.config import VAE_PRESETS, VAEConfig
 from dalle.data.shapes import ShapesDataset, collate
 from dalle.eval.vae import codebook_stats, psnr
 from dalle.models.vae import DiscreteVAE, gumbel_softmax, map_pixels, unmap_pixels
+from dalle.train.config import VAETrainConfig
 from dalle.train.schedules import cosine_ramp, lr_factor
 from dalle.train.vae import VAEObjective, kl_to_uniform, logit_laplace_nll
 
@@ -200,7 +201,7 @@ def test_batch_usage_kl_matches_hand_computation():
 
 
 def test_data_dependent_logit_init_spreads_codes(images):
-    from dalle.train.vae import init_codebook_logits
+    from dalle.train.kmeans import init_codebook_logits
 
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
@@ -219,7 +220,7 @@ def test_codebook_stats():
 
 
 def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
-    from dalle.train.vae import train_vae
+    from dalle.train.vae import fit_vae
 
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
@@ -227,7 +228,7 @@ def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
     cfg = VAETrainConfig(
         steps=60, batch_size=16, lr=3e-3, warmup_steps=5, kl_warmup_steps=30, warm_start=0.0
     )
-    train_vae(
+    fit_vae(
         vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=30, progress=False
     )
     after = psnr(vae.decode(vae.encode(images)), images)
@@ -238,7 +239,7 @@ def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
 
 
 def test_image_patches_are_raster_order_blocks():
-    from dalle.train.vae import image_patches
+    from dalle.train.kmeans import image_patches
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     p = image_patches(x, 4)  # (2 * 2 * 2, 3 * 16)
@@ -249,7 +250,7 @@ def test_image_patches_are_raster_order_blocks():
 
 
 def test_kmeans_finds_separated_clusters():
-    from dalle.train.vae import kmeans
+    from dalle.train.kmeans import kmeans
 
     g = torch.Generator().manual_seed(0)
     truth = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -262,7 +263,8 @@ def test_kmeans_finds_separated_clusters():
 
 
 def test_warm_start_codes_are_nearest_patch_centres(images):
-    from dalle.train.vae import PatchCodeObjective, image_patches, patch_codebook
+    from dalle.train.kmeans import image_patches, patch_codebook
+    from dalle.train.vae import PatchCodeObjective
 
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
     cfg = VAETrainConfig(steps=10, kmeans_iters=5)
@@ -280,7 +282,7 @@ def test_warm_start_codes_are_nearest_patch_centres(images):
 def test_warm_start_then_elbo_trains_and_numbers_steps_once(images, tmp_path):
     import json
 
-    from dalle.train.vae import train_vae
+    from dalle.train.vae import fit_vae
 
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
@@ -288,7 +290,7 @@ def test_warm_start_then_elbo_trains_and_numbers_steps_once(images, tmp_path):
     cfg = VAETrainConfig(
         steps=50, warm_start=0.8, batch_size=16, lr=3e-3, warmup_steps=5, kmeans_images=16
     )
-    train_vae(
+    fit_vae(
         vae, cfg, iter(lambda: images, None), tmp_path, images[:4], save_every=25, progress=False
     )
     after = psnr(vae.decode(vae.encode(images)), images)

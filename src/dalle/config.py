@@ -102,69 +102,6 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-@dataclass(frozen=True)
-class VAETrainConfig:
-    """Objective and optimisation of the dVAE (paper App. A.2, scaled down to minutes on a CPU).
-
-    Defaults are the ``tiny`` recipe as measured in benchmarks/vae_quality.py. The paper's KL
-    weight (6.6) is available with ``kl_weight=6.6``; in runs of a few hundred steps it held the
-    encoder near uniform and reconstructions near the mean image, so the default is 0. The
-    paper's logit-Laplace loss is ``recon="logit_laplace"``; in 500-step runs it reached 17 dB
-    and lost colour (its median-like fit favours the black background), MSE 24 dB.
-    """
-
-    steps: int = 2400
-    batch_size: int = 8
-    lr: float = 4e-3  # 8e-3 was no better within run-to-run noise; 1.2e-2 diverged
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    tau_start: float = 1.0
-    tau_end: float = 1.0 / 16
-    tau_anneal_steps: int | None = None  # cosine 1 -> 1/16 over these steps (None: all)
-    kl_weight: float = 0.0  # beta target, reached by a cosine warm-up (paper: 6.6)
-    kl_warmup_steps: int = 500
-    recon: str = "mse"  # or "logit_laplace" (the paper's)
-    straight_through: bool = False  # hard one-hot forward, soft gradients
-    # Weight of KL(batch-average code distribution || uniform): spreads codes over the codebook
-    # without making each position's distribution uniform (0 = the paper's objective).
-    usage_weight: float = 0.1
-    # Data-dependent init of the logit layer (k-means++ on encoder features, see
-    # dalle.train.vae.init_codebook_logits); 0 keeps the random init. Used without warm start.
-    init_spread: float = 15.0
-    # Warm start (dalle.train.vae.PatchCodeObjective): the first ``warm_start`` fraction of the
-    # steps teaches the encoder the k-means code of each pixel patch (cross entropy) and the
-    # decoder to draw images from those codes; the relaxed ELBO takes over for the rest. The
-    # tiny recipe is all warm start: an ELBO phase after it lowered quality (benchmarks in
-    # README); 0 is the paper's objective alone.
-    warm_start: float = 1.0
-    kmeans_images: int = 2048  # images whose patches seed the k-means codebook
-    kmeans_iters: int = 15
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _require(0 < self.tau_end <= self.tau_start, "need 0 < tau_end <= tau_start")
-        _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
-        _require(self.usage_weight >= 0, f"usage_weight must be >= 0, got {self.usage_weight}")
-        _require(self.init_spread >= 0, f"init_spread must be >= 0, got {self.init_spread}")
-        _require(0 <= self.warm_start <= 1, f"warm_start must be in [0, 1], got {self.warm_start}")
-        _require(self.kmeans_images >= 1, f"kmeans_images must be >= 1, got {self.kmeans_images}")
-        _require(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
-
-        _require(
-            self.recon in ("logit_laplace", "mse"),
-            f"recon must be 'logit_laplace' or 'mse', got {self.recon!r}",
-        )
-
-    @property
-    def warm_start_steps(self) -> int:
-        return round(self.warm_start * self.steps)
-
-
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

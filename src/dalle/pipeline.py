@@ -7,6 +7,7 @@ A saved pipeline is a folder::
       vae/          config.json + model.safetensors  (dalle.models.vae.DiscreteVAE)
       transformer/  config.json + model.safetensors  (dalle.models.dalle.DALLE)
       clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
+      examples.json captions of the training data, to suggest as prompts (optional)
 
 Each part loads with strict checks; a missing or mismatched part is a one-line ``ValueError``.
 With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
@@ -15,15 +16,17 @@ per requested image and keep those CLIP finds closest to the prompt.
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from dalle.images import tensor_to_image
+from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
@@ -34,6 +37,7 @@ TOKENIZER_FILE = "tokenizer.json"
 VAE_DIR = "vae"
 TRANSFORMER_DIR = "transformer"
 CLIP_DIR = "clip"
+EXAMPLES_FILE = "examples.json"
 MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
 
 
@@ -54,6 +58,7 @@ class DallePipeline:
     vae: DiscreteVAE
     transformer: DALLE
     clip: CLIP | None = None
+    examples: list[str] = field(default_factory=list)  # prompts to suggest (``dalle serve``)
 
     def __post_init__(self) -> None:
         check_compatible(self.tokenizer, self.vae, self.transformer, self.clip)
@@ -80,7 +85,7 @@ class DallePipeline:
         transformer = DALLE.load(directory / TRANSFORMER_DIR).to(device)
         has_clip = (directory / CLIP_DIR).exists()
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
-        return cls(tokenizer, vae, transformer, clip)
+        return cls(tokenizer, vae, transformer, clip, _read_examples(directory / EXAMPLES_FILE))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the parts into ``directory`` (each file atomically)."""
@@ -91,6 +96,8 @@ class DallePipeline:
         self.transformer.save(directory / TRANSFORMER_DIR)
         if self.clip is not None:
             self.clip.save(directory / CLIP_DIR)
+        if self.examples:
+            write_json_atomic(directory / EXAMPLES_FILE, {"prompts": list(self.examples)})
 
     @property
     def device(self) -> torch.device:
@@ -281,3 +288,17 @@ def check_compatible(
                 f"CLIP reads {c.channels}x{c.image_size}x{c.image_size} images but the dVAE draws "
                 f"{vae.cfg.channels}x{vae.cfg.image_size}x{vae.cfg.image_size}"
             )
+
+
+def _read_examples(path: Path) -> list[str]:
+    """The prompts of an ``examples.json`` (none when the folder has no such file)."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    prompts = data.get("prompts") if isinstance(data, dict) else None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f'{path}: expected {{"prompts": [non-empty strings]}}')
+    return prompts

@@ -5,7 +5,7 @@ and nucleus (top-p) filtering. Classifier-free guidance (Ho & Salimans 2021, a l
 to DALL-E-style samplers) runs conditional and all-pad rows in one batch and mixes their logits
 ``uncond + cond_scale * (cond - uncond)``. Priming keeps the first rows of an image as given.
 With the KV cache each new code costs one position; without it, one full forward pass (the
-baseline of ``benchmarks/sampling_speed.py``). Every random draw uses the caller's generator.
+baseline of ``benchmarks/speed.py``). Every random draw uses the caller's generator.
 """
 
 from __future__ import annotations

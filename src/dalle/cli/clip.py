@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from dalle.cli.common import (
     MAX_TEXT_LEN,
     add_checkpoint_args,
-    data_captions,
     int_up_to,
     positive_float,
     positive_int,
-    prepare_run_dir,
-    record_settings,
+    run_config,
     seed_int,
     with_overrides,
 )
@@ -52,99 +49,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def clip_batches(data: str, image_size: int, batch_size: int, seed: int = 0) -> Iterator[dict]:
-    """Endless training batches: shapes scenes (with their object lists), a folder's pairs or
-    tar shards' samples."""
-    import torch
-
-    from dalle.data.batches import endless_batches
-    from dalle.data.folder import ImageFolderDataset
-    from dalle.data.shapes import CANVAS, ShapesStream, collate
-    from dalle.data.shards import ShardDataset, is_shards
-
-    if data == "shapes":
-        if image_size != CANVAS:
-            raise ValueError(f"--data shapes has {CANVAS} px images; CLIP expects {image_size}")
-        return endless_batches(ShapesStream("train", seed=seed), batch_size, collate)
-    if is_shards(data):
-        dataset = ShardDataset(data, image_size, seed)
-    else:
-        dataset = ImageFolderDataset(Path(data), image_size, seed=seed)
-
-    def pairs(items: list[dict]) -> dict:
-        return {
-            "image": torch.stack([x["image"] for x in items]),
-            "caption": [x["caption"] for x in items],
-        }
-
-    return endless_batches(dataset, batch_size, pairs, seed)
-
-
-def load_tokenizer(args: argparse.Namespace):
+def load_tokenizer(args: argparse.Namespace, data):
     """The tokenizer of ``--tokenizer``, else of ``--model``, else one trained on the captions."""
     from dalle.pipeline import TOKENIZER_FILE
     from dalle.tokenizer import Tokenizer
+    from dalle.train import train_tokenizer
 
     if args.tokenizer is not None:
         return Tokenizer.load(args.tokenizer)
     if args.model is not None:
         return Tokenizer.load(args.model / TOKENIZER_FILE)
-    return Tokenizer.train(data_captions(args.data, 4000, args.seed), vocab_size=1024)
-
-
-def fit_clip(
-    tokenizer,
-    model_cfg,
-    train_cfg,
-    data: str,
-    out: Path,
-    save_every: int,
-    progress: bool = True,
-    checkpoint=None,
-    resume: bool = False,
-):
-    """Train CLIP sized to ``tokenizer`` on ``data``; saves ``out/model/`` (tokenizer.json +
-    clip/) every ``save_every`` steps and at the end. Returns ``(clip, last metrics)``.
-    ``checkpoint`` / ``resume``: see :func:`dalle.train.loop.train` (exact for shapes; a
-    folder's choice among several captions per image is not replayed)."""
-    import dataclasses
-
-    import torch
-
-    from dalle.config import to_dict
-    from dalle.models.clip import CLIP
-    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
-    from dalle.train.clip import train_clip
-    from dalle.train.loop import Callback
-
-    model_cfg = dataclasses.replace(model_cfg, text_vocab=tokenizer.vocab_size)
-    settings = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": data}
-    record_settings(out, settings, resume)
-    torch.manual_seed(train_cfg.seed)
-    clip = CLIP(model_cfg)
-
-    def save(step: int) -> None:
-        tokenizer.save(out / "model" / TOKENIZER_FILE)
-        clip.save(out / "model" / CLIP_DIR)
-
-    batches = clip_batches(data, model_cfg.image_size, train_cfg.batch_size, train_cfg.seed)
-    callbacks = [Callback(save_every, save)]
-    last = train_clip(
-        clip, tokenizer, train_cfg, batches, out, callbacks, progress, checkpoint, resume
-    )
-    return clip, last
+    return train_tokenizer(data)
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from dalle.config import CLIP_PRESETS, preset
+    from dalle.data import ShapesData, open_data
     from dalle.eval.clip import shapes_retrieval
     from dalle.io import write_json_atomic
     from dalle.pipeline import CLIP_DIR, DallePipeline, check_compatible
-    from dalle.train import distributed
-    from dalle.train.checkpoint import CheckpointConfig
-    from dalle.train.clip import CLIPTrainConfig
+    from dalle.train import CLIPTrainConfig, distributed, train_clip
 
     if args.model is not None and args.tokenizer is not None:
         raise ValueError("give --model (its tokenizer is used) or --tokenizer, not both")
@@ -159,28 +85,16 @@ def run(args: argparse.Namespace) -> int:
         )
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
     train_cfg = with_overrides(CLIPTrainConfig(seed=args.seed), overrides)
-    tokenizer = load_tokenizer(args)
-    if args.resume and not args.out.is_dir():
-        raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
-    out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group
-    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep)
-    clip, last = fit_clip(
-        tokenizer,
-        model_cfg,
-        train_cfg,
-        args.data,
-        out,
-        args.save_every,
-        True,
-        checkpoint,
-        args.resume,
-    )
+    data = open_data(args.data, num=4000, seed=args.seed)  # shapes: 4 000 captions to learn
+    tokenizer = load_tokenizer(args, data)
+    trained = train_clip(data, tokenizer, args.out, train_cfg, model_cfg, run_config(args))
     if not distributed.is_main():
         return 0
-    report: dict = {"train": last}
-    if args.data == "shapes":
+    clip = trained.model
+    report: dict = {"train": trained.metrics}
+    if isinstance(data, ShapesData):
         report["retrieval"] = shapes_retrieval(clip, tokenizer)
-        write_json_atomic(out / "eval.json", report["retrieval"])
+        write_json_atomic(trained.run_dir / "eval.json", report["retrieval"])
     if pipe is not None:
         check_compatible(pipe.tokenizer, pipe.vae, pipe.transformer, clip)
         clip.save(args.model / CLIP_DIR)

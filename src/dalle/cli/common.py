@@ -69,36 +69,6 @@ def vae_dir(path: Path) -> Path:
     raise ValueError(f"{path}: no dVAE here (expected config.json in it, in model/ or in vae/)")
 
 
-def record_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
-    """Write a run's settings to ``out/train_config.json`` (rank 0 only); when resuming,
-    refuse settings other than those recorded."""
-    import json
-
-    from dalle.io import write_json_atomic
-    from dalle.train import distributed
-
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
-    recorded = out / "train_config.json"
-    if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
-        raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(recorded, settings)
-
-
-def prepare_run_dir(out: Path, force: bool) -> Path:
-    """Join the process group when launched by ``torchrun``, then let rank 0 check and create
-    the run folder (refusing a non-empty one unless ``force``) while the others wait."""
-    from dalle.io import prepare_output_dir
-    from dalle.train import distributed
-
-    distributed.setup()
-    if distributed.is_main():
-        prepare_output_dir(out, force=force)
-    distributed.barrier()
-    return out
-
-
 def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> None:
     """``--checkpoint-every``, ``--keep`` and ``--resume`` (and ``--checkpoint-minutes``)."""
     p.add_argument(
@@ -121,14 +91,18 @@ def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> No
     )
 
 
-def data_captions(data: str, num: int, seed: int = 0) -> list[str]:
-    """The captions of ``--data``: ``num`` shapes train captions, every caption line of a
-    folder's ``.txt`` files, or of tar shards (read without decoding images)."""
-    from dalle.data.shards import is_shards, shard_captions
-    from dalle.tokenizer import read_captions
+def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
+    """The :class:`dalle.train.RunConfig` of the checkpoint flags, ``--save-every``,
+    ``--resume`` and ``--force``."""
+    from dalle.train.config import CheckpointConfig, RunConfig
 
-    if data == "shapes":
-        from dalle.data.shapes import make_sample
-
-        return [make_sample(seed, "train", i).caption for i in range(num)]
-    return shard_captions(data) if is_shards(data) else read_captions(Path(data))
+    checkpoint = CheckpointConfig(
+        args.checkpoint_every, args.keep, getattr(args, "checkpoint_minutes", None)
+    )
+    return RunConfig(
+        save_every=args.save_every,
+        checkpoint=checkpoint,
+        resume=args.resume,
+        force=args.force,
+        device=device or "cpu",
+    )

@@ -24,13 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from dalle.io import prepare_output_dir
-    from dalle.models.openai_dvae import load_openai_dvae
+    from dalle.models.openai_dvae import import_openai_dvae
 
-    # read and check both files before touching --out
-    vae = load_openai_dvae(args.encoder, args.decoder, image_size=args.image_size)
-    out = prepare_output_dir(args.out, force=args.force)
-    vae.save(out)
+    vae = import_openai_dvae(args.encoder, args.decoder, args.out, args.image_size, args.force)
+    out = args.out
     cfg, n_params = vae.cfg, sum(p.numel() for p in vae.parameters())
     print(
         f"wrote {out}: {cfg.image_size} px -> {cfg.grid_size}x{cfg.grid_size} codes, "

@@ -79,25 +79,15 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_vae(args: argparse.Namespace) -> int:
-    import torch
-
-    from dalle.data.folder import ImageFolderDataset
+    from dalle.data import open_data
+    from dalle.eval import fidelity_judge
     from dalle.eval.vae import evaluate_vae
     from dalle.models.vae import DiscreteVAE
-    from dalle.train.vae import shapes_eval_set
 
     vae = DiscreteVAE.load(vae_dir(args.model))
-    if args.data == "shapes":
-        images, captions = shapes_eval_set(args.num)
-        if vae.cfg.image_size != 64:
-            raise ValueError(
-                f"--data shapes has 64 px images; the model expects {vae.cfg.image_size} px"
-            )
-    else:
-        dataset = ImageFolderDataset(Path(args.data), vae.cfg.image_size)
-        items = [dataset[i] for i in range(min(args.num, len(dataset)))]
-        images, captions = torch.stack([x["image"] for x in items]), None
-    print(json.dumps(evaluate_vae(vae, images, captions)))
+    data = open_data(args.data)
+    images, captions = data.eval_images(args.num, vae.cfg.image_size)
+    print(json.dumps(evaluate_vae(vae, images, captions, fidelity_judge(data))))
     return 0
 
 

@@ -10,7 +10,6 @@ prompt; with ``--rerank`` also ``"score"``, the CLIP similarity, and images best
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dalle.cli.common import positive_float, positive_int, seed_int
@@ -76,36 +75,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def write_outputs(
-    out: Path,
-    prompts: list[str],
-    images: list,
-    num_images: int,
-    seed: int,
-    scores: list[float] | None = None,
-) -> None:
-    """PNGs, ``manifest.jsonl`` and ``grid.png`` (each written atomically) into ``out``."""
-    from dalle.images import captioned_grid, png_bytes
-    from dalle.io import write_bytes_atomic
-
-    lines = []
-    for n, image in enumerate(images):
-        p, index = divmod(n, num_images)
-        name = f"{p:04d}_{index:02d}.png"
-        write_bytes_atomic(out / name, png_bytes(image))
-        entry = {"prompt": prompts[p], "file": name, "seed": seed, "index": index}
-        if scores is not None:
-            entry["score"] = round(scores[n], 4)
-        lines.append(json.dumps(entry))
-    write_bytes_atomic(out / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
-    rows = [images[p * num_images : (p + 1) * num_images] for p in range(len(prompts))]
-    write_bytes_atomic(out / "grid.png", png_bytes(captioned_grid(rows, prompts)))
-
-
 def run(args: argparse.Namespace) -> int:
     import math
 
     from dalle.io import prepare_output_dir
+    from dalle.outputs import write_generation
     from dalle.pipeline import DallePipeline
 
     prompts = read_prompts(args)
@@ -129,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         rerank=args.rerank,
     )
-    write_outputs(out, prompts, result.images, args.num_images, args.seed, result.scores)
+    write_generation(out, prompts, result.images, args.num_images, args.seed, result.scores)
     print(f"wrote {len(result.images)} images, manifest.jsonl and grid.png to {out}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dalle.cli.common import data_captions, non_negative_int, positive_int
+from dalle.cli.common import non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,20 +71,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dalle.data import ShapesData, open_data
     from dalle.io import check_output_file
-    from dalle.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, Tokenizer
+    from dalle.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+    from dalle.train import TokenizerConfig, train_tokenizer
 
     if not MIN_VOCAB_SIZE <= args.vocab_size <= MAX_VOCAB_SIZE:  # before the captions are read
         raise ValueError(
             f"--vocab-size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE}, got {args.vocab_size}"
         )
+    cfg = TokenizerConfig(vocab_size=args.vocab_size)
     check_output_file(args.out, force=args.force)
-    captions = data_captions(args.data, args.num, args.seed)
-    if args.data == "shapes":
+    data = open_data(args.data, args.num, args.seed)
+    captions = data.captions()
+    if isinstance(data, ShapesData):
         source = f"{args.num} shapes train captions (seed {args.seed})"
     else:
         source = f"{len(captions)} captions from {args.data}"
-    tokenizer = Tokenizer.train(captions, args.vocab_size)
+    tokenizer = train_tokenizer(captions, cfg)
     tokenizer.save(args.out)
     lengths = [len(tokenizer.tokenize(c)) for c in captions]
     print(

@@ -11,8 +11,7 @@ from dalle.cli.common import (
     add_checkpoint_args,
     positive_float,
     positive_int,
-    prepare_run_dir,
-    record_settings,
+    run_config,
     seed_int,
     with_overrides,
 )
@@ -70,19 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from dalle.config import VAE_PRESETS, VAETrainConfig, preset, to_dict
-    from dalle.data.batches import endless_batches
-    from dalle.data.folder import ImageFolderDataset
-    from dalle.data.shapes import ShapesStream, collate
-    from dalle.data.shards import ShardDataset, is_shards
+    from dalle.config import VAE_PRESETS, preset
+    from dalle.data import ShapesData, open_data
+    from dalle.eval import fidelity_judge
     from dalle.eval.vae import evaluate_vae
     from dalle.io import write_json_atomic
-    from dalle.models.vae import DiscreteVAE
-    from dalle.train import distributed
-    from dalle.train.checkpoint import CheckpointConfig
-    from dalle.train.vae import shapes_eval_set, train_vae
+    from dalle.train import VAETrainConfig, distributed, train_vae
 
     vae_cfg = preset(VAE_PRESETS, args.preset, "VAE")
     overrides = {
@@ -98,53 +90,16 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     train_cfg = with_overrides(VAETrainConfig(), overrides)
-    if args.data == "shapes":
-        if vae_cfg.image_size != 64:
-            raise ValueError(
-                f"--data shapes has 64 px images; preset {args.preset!r} expects {vae_cfg.image_size} px"
-            )
-        batches = endless_batches(
-            ShapesStream("train", seed=args.seed), train_cfg.batch_size, collate
-        )
-    else:
-        dataset = (
-            ShardDataset(args.data, vae_cfg.image_size, args.seed)
-            if is_shards(args.data)
-            else ImageFolderDataset(Path(args.data), vae_cfg.image_size, seed=args.seed)
-        )
-        batches = endless_batches(
-            dataset, train_cfg.batch_size, lambda b: torch.stack([x["image"] for x in b]), args.seed
-        )
-    if args.resume and not args.out.is_dir():
-        raise ValueError(f"nothing to resume: run folder {args.out} does not exist")
-    one_phase = train_cfg.warm_start_steps in (0, train_cfg.steps)
-    if args.resume and not one_phase:
-        raise ValueError("--resume needs a one-phase recipe: --warm-start 0 or 1")
-    out = prepare_run_dir(args.out, force=args.force or args.resume)  # joins torchrun's group
-    record_settings(out, {"vae": to_dict(vae_cfg), "train": to_dict(train_cfg)}, args.resume)
-    checkpoint = CheckpointConfig(args.checkpoint_every, args.keep) if one_phase else None
-    torch.manual_seed(args.seed)
-    vae = DiscreteVAE(vae_cfg)
-    if args.data == "shapes":
-        images, captions = shapes_eval_set()
-    else:
-        images, captions = next(batches)[:16], None
-    train_vae(
-        vae,
-        train_cfg,
-        batches,
-        out,
-        images[:16],
-        args.save_every,
-        checkpoint=checkpoint,
-        resume=args.resume,
-    )
-    report = evaluate_vae(vae, images, captions)
-    if args.data != "shapes":
-        report["skipped_files"] = dataset.num_skipped
-        if dataset.report():
-            print(f"train-vae: {dataset.report()}", file=sys.stderr)
+    data = open_data(args.data, seed=args.seed)
+    trained = train_vae(data, args.out, train_cfg, vae_cfg, run_config(args))
+    # shapes: the held-out evaluation set; a folder: its first images (no split is held out)
+    images, captions = data.eval_images(256 if isinstance(data, ShapesData) else 16, vae_cfg.image_size)
+    report = evaluate_vae(trained.model, images, captions, fidelity_judge(data))
+    if not isinstance(data, ShapesData):
+        report["skipped_files"] = data.num_skipped
+        if data.report():
+            print(f"train-vae: {data.report()}", file=sys.stderr)
     if distributed.is_main():
-        write_json_atomic(out / "eval.json", report)
+        write_json_atomic(trained.run_dir / "eval.json", report)
         print(json.dumps(report))
     return 0

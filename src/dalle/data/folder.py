@@ -20,11 +20,6 @@ from dalle.images import image_to_tensor, load_image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def find_pairs(root: Path) -> list[tuple[Path, Path]]:
-    """All ``(image, caption file)`` pairs under ``root``, sorted; images without a .txt are skipped."""
-    return _scan(root)[0]
-
-
 def _scan(root: Path) -> tuple[list[tuple[Path, Path]], int]:
     """``(pairs, number of images without a caption file)``."""
     root = Path(root)

@@ -158,6 +158,25 @@ def make_sample(seed: int, split: str, index: int) -> ShapesSample:
     return ShapesSample(draw_scene(objects), " and ".join(phrases), tuple(objects))
 
 
+EVAL_SEED = 1_000_003  # the seed of the held-out evaluation sets: no training run draws it
+
+
+def eval_set(n: int = 256, seed: int = EVAL_SEED) -> tuple[torch.Tensor, list[str]]:
+    """Held-out evaluation images ``(n, 3, 64, 64)`` and captions: half unseen ``train``-split
+    scenes, half ``holdout`` scenes (the first ``n - n // 2`` are the ``train`` ones)."""
+    return _stack(eval_samples(n, seed))
+
+
+def eval_samples(n: int = 256, seed: int = EVAL_SEED) -> list[ShapesSample]:
+    """The samples of :func:`eval_set`, with their object lists."""
+    samples = [make_sample(seed, "train", i) for i in range(n - n // 2)]
+    return samples + [make_sample(seed, "holdout", i) for i in range(n // 2)]
+
+
+def _stack(samples: list[ShapesSample]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([image_to_tensor(s.image) for s in samples]), [s.caption for s in samples]
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """Map-style view of ``num`` samples: ``{"image": (3,64,64) float, "caption", "objects"}``."""
 

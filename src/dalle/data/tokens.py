@@ -117,7 +117,7 @@ def encode_pairs(
     """Encode ``(images (B, C, H, W), captions)`` batches with ``vae.encode`` into a token set."""
     codes, captions = [], []
     for images, caps in batches:
-        codes.append(vae.encode(images))  # (B, h*w)
+        codes.append(vae.encode(images).cpu())  # (B, h*w)
         captions += list(caps)
     if not codes:
         raise ValueError("no images to encode")

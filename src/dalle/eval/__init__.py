@@ -1,0 +1,21 @@
+"""Metrics. Generic ones (reconstruction PSNR and codebook usage, CLIP retrieval) work on any
+dataset; a dataset with a caption grammar offers a prompt-fidelity judge that reads pixels
+(:func:`fidelity_judge`; the built-in shapes: :mod:`dalle.eval.shapes`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dalle.data.sources import ImageTextData, ShapesData
+
+Judge = Callable[[Iterable[tuple[str, Any]]], dict]  # (caption, image) pairs -> fidelity report
+
+
+def fidelity_judge(data: ImageTextData) -> Judge | None:
+    """The prompt-fidelity metric of ``data``'s captions, or ``None`` when it has none."""
+    if isinstance(data, ShapesData):
+        from dalle.eval.shapes import fidelity
+
+        return fidelity
+    return None

@@ -10,7 +10,6 @@ images that satisfy their prompt, reported for seen colour-shape pairs and held-
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dalle.data.shapes import CANVAS, COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES
+from dalle.data.shapes import CANVAS, COLORS, SHAPES
+from dalle.data.shapes_captions import (  # noqa: F401  (the grammar, re-exported for callers)
+    ObjectSpec,
+    as_specs,
+    format_prompt,
+    is_held_out_prompt,
+    matches,
+    parse_prompt,
+)
 from dalle.images import load_image, tensor_to_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -29,30 +36,7 @@ MIN_AREA = 12  # components smaller than this many pixels are specks, not object
 LARGE_FROM = 14  # bounding-box side (px) from which an object is large (small 10, large 18)
 GRID_LINES = (0, 21, 42, 63)  # pixel rows/columns no object of the spec ever covers
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (8, 3)
-_CELL_OF = {phrase: cell for cell, phrase in POSITIONS.items()}
-_PHRASE = re.compile(
-    rf"an? (?:(?P<size>{'|'.join(SIZES)}) )?(?P<color>{'|'.join(COLORS)}) "
-    rf"(?P<shape>{'|'.join(SHAPES)})(?: (?P<position>{'|'.join(POSITIONS.values())}))?"
-)
-_EXPECTED = "expected 'a [small|large] <colour> <shape> [position]' phrases joined by ' and '"
 ImageLike = Image.Image | np.ndarray | torch.Tensor
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """One object phrase of a prompt; ``None`` marks an attribute the prompt leaves free."""
-
-    shape: str
-    color: str
-    size: str | None = None
-    col: int | None = None
-    row: int | None = None
-
-    def phrase(self) -> str:
-        words = ["a", self.size, self.color, self.shape]
-        if self.col is not None and self.row is not None:
-            words.append(POSITIONS[(self.col, self.row)])
-        return " ".join(w for w in words if w)
 
 
 @dataclass(frozen=True)
@@ -66,35 +50,6 @@ class FoundObject:
     row: int
     area: int
     bbox: tuple[int, int, int, int]
-
-
-def parse_prompt(text: str) -> list[ObjectSpec]:
-    """Prompt text -> its objects in order; raises ``ValueError`` outside the caption grammar."""
-    if not isinstance(text, str):
-        raise ValueError(f"expected a prompt string, got {type(text).__name__}")
-    clean = " ".join(text.strip().lower().rstrip(".").split())
-    specs = []
-    for part in clean.split(" and "):
-        m = _PHRASE.fullmatch(part)
-        if m is None:
-            raise ValueError(f"cannot parse prompt {text.strip()!r}: {_EXPECTED}")
-        col, row = _CELL_OF[m["position"]] if m["position"] else (None, None)
-        specs.append(ObjectSpec(m["shape"], m["color"], m["size"], col, row))
-    return specs
-
-
-def format_prompt(specs: Iterable[ObjectSpec]) -> str:
-    """Objects -> prompt text in the caption grammar (inverse of ``parse_prompt``)."""
-    return " and ".join(s.phrase() for s in specs)
-
-
-def _as_specs(prompt: str | Iterable[ObjectSpec]) -> list[ObjectSpec]:
-    return parse_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-
-
-def is_held_out_prompt(prompt: str | Iterable[ObjectSpec]) -> bool:
-    """True when the prompt names at least one held-out colour-shape pair."""
-    return any((s.color, s.shape) in HELD_OUT for s in _as_specs(prompt))
 
 
 def _to_array(image: ImageLike) -> np.ndarray:
@@ -205,37 +160,9 @@ def find_objects(image: ImageLike) -> list[FoundObject]:
     return sorted(found, key=lambda o: (o.bbox[1], o.bbox[0]))
 
 
-def _fits(spec: ObjectSpec, obj: FoundObject) -> bool:
-    return (
-        spec.shape == obj.shape
-        and spec.color == obj.color
-        and spec.size in (None, obj.size)
-        and spec.col in (None, obj.col)
-        and spec.row in (None, obj.row)
-    )
-
-
-def matches(specs: list[ObjectSpec], found: list[FoundObject]) -> bool:
-    """True when ``specs`` and ``found`` pair up one to one with every stated attribute holding."""
-    if len(specs) != len(found):
-        return False
-    owner: dict[int, int] = {}  # found index -> spec index (bipartite matching, augmenting paths)
-
-    def place(i: int, tried: set[int]) -> bool:
-        for j, obj in enumerate(found):
-            if j not in tried and _fits(specs[i], obj):
-                tried.add(j)
-                if j not in owner or place(owner[j], tried):
-                    owner[j] = i
-                    return True
-        return False
-
-    return all(place(i, set()) for i in range(len(specs)))
-
-
 def satisfies(prompt: str | list[ObjectSpec], image: ImageLike) -> bool:
     """Does ``image`` show exactly the prompt's objects (SHAPES.md's "satisfies")?"""
-    return matches(_as_specs(prompt), find_objects(image))
+    return matches(as_specs(prompt), find_objects(image))
 
 
 def fidelity(pairs: Iterable[tuple[str, ImageLike]]) -> dict:

@@ -1,10 +1,11 @@
-"""dVAE evaluation: reconstruction PSNR, codebook usage and perplexity, and whether the
-reconstructions still satisfy their captions by the shapes checker (they must, or no
+"""dVAE evaluation: reconstruction PSNR, codebook usage and perplexity, and, for a dataset with
+a fidelity judge, whether the reconstructions still satisfy their captions (they must, or no
 transformer trained on these codes can draw what is asked)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -38,16 +39,20 @@ def reconstruct(
     return torch.cat(codes), torch.cat(recons)
 
 
-def evaluate_vae(vae: DiscreteVAE, images: torch.Tensor, captions: list[str] | None = None) -> dict:
-    """PSNR, codebook usage/perplexity, and (with captions) the checker's fidelity of reconstructions."""
+def evaluate_vae(
+    vae: DiscreteVAE,
+    images: torch.Tensor,
+    captions: list[str] | None = None,
+    judge: Callable[[Iterable[tuple[str, torch.Tensor]]], dict] | None = None,
+) -> dict:
+    """PSNR, codebook usage/perplexity, and with ``captions`` and a ``judge`` (see
+    :func:`dalle.eval.fidelity_judge`) the judge's fidelity of the reconstructions."""
     codes, recons = reconstruct(vae, images)
     result: dict = {
         "n": len(images),
         "psnr": psnr(recons, images),
         **codebook_stats(codes, vae.cfg.vocab_size),
     }
-    if captions is not None:
-        from dalle.eval.shapes import fidelity
-
-        result["fidelity"] = fidelity(zip(captions, recons, strict=True))
+    if captions is not None and judge is not None:
+        result["fidelity"] = judge(zip(captions, recons, strict=True))
     return result

@@ -18,7 +18,9 @@ that cosine times a learned temperature ``exp(logit_scale)`` (clamped at 100, as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,12 @@ from torch import nn
 
 from dalle.config import CLIPConfig
 from dalle.images import check_images
+from dalle.models.checks import check_ids
 from dalle.models.folder import load_component, save_component
 from dalle.models.transformer import Block
+
+if TYPE_CHECKING:
+    from dalle.tokenizer import Tokenizer
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -126,15 +132,9 @@ class CLIP(nn.Module):
 
     def check_text(self, text: torch.Tensor) -> None:
         n, v = self.cfg.text_len, self.cfg.text_vocab
-        if text.ndim != 2 or text.shape[1] != n or text.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"expected text ids of shape (B, {n}) and an integer dtype, "
-                f"got {tuple(text.shape)} {text.dtype}"
-            )
-        if text.numel() and bool(((text < 0) | (text >= v)).any()):
-            raise ValueError(
-                f"expected text ids in [0, {v}), got values in [{int(text.min())}, {int(text.max())}]"
-            )
+        if text.ndim != 2 or text.shape[1] != n:
+            raise ValueError(f"expected text ids of shape (B, {n}), got {tuple(text.shape)}")
+        check_ids(text, "text ids", v)
 
     def check_images(self, images: torch.Tensor) -> None:
         check_images(images, self.cfg.channels, self.cfg.image_size)
@@ -156,3 +156,10 @@ class CLIP(nn.Module):
     def temperature(self) -> torch.Tensor:
         """The learned logit scale, clamped to at most 100."""
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+def caption_positives(captions: Sequence[str], tokenizer: Tokenizer) -> torch.Tensor:
+    """``(B, B)`` bool: the two captions are the same text once normalised (the positives rule
+    of data without a finer one)."""
+    norm = [tokenizer.normalize(c) for c in captions]
+    return torch.tensor([[a == b for b in norm] for a in norm])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.config import TransformerConfig
+from dalle.models.checks import check_ids
 from dalle.models.codebook import product_logits, split_codes
 from dalle.models.folder import load_component, save_component
 from dalle.models.transformer import KVCache, Transformer
@@ -78,20 +79,12 @@ class DALLE(nn.Module):
 
     # ----- input checks -----
 
-    def _check_ids(self, x: torch.Tensor, name: str, high: int) -> None:
-        if x.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"expected integer {name} ids, got dtype {x.dtype}")
-        if x.numel() and bool(((x < 0) | (x >= high)).any()):
-            raise ValueError(
-                f"expected {name} ids in [0, {high}), got values in [{int(x.min())}, {int(x.max())}]"
-            )
-
     def check_text(self, text: torch.Tensor) -> None:
         """ValueError unless ``text`` is ``(B, text_len)`` integer ids in ``[0, text_vocab)``."""
         n = self.cfg.text_len
         if text.ndim != 2 or text.shape[1] != n:
             raise ValueError(f"expected text of shape (B, {n}), got {tuple(text.shape)}")
-        self._check_ids(text, "text", self.cfg.text_vocab)
+        check_ids(text, "text ids", self.cfg.text_vocab)
 
     def check_image(self, image: torch.Tensor, batch: int, max_len: int) -> None:
         """ValueError unless ``image`` is ``(batch, n <= max_len)`` codes in ``[0, image_vocab)``."""
@@ -99,7 +92,7 @@ class DALLE(nn.Module):
             raise ValueError(
                 f"expected image codes of shape ({batch}, n <= {max_len}), got {tuple(image.shape)}"
             )
-        self._check_ids(image, "image", self.cfg.image_vocab)
+        check_ids(image, "image ids", self.cfg.image_vocab)
 
     # ----- embeddings and heads -----
 
@@ -191,7 +184,7 @@ class DALLE(nn.Module):
             raise ValueError(
                 f"expected codes of shape ({cache.batch_size},), got {tuple(codes.shape)}"
             )
-        self._check_ids(codes, "image", self.cfg.image_vocab)
+        check_ids(codes, "image ids", self.cfg.image_vocab)
         x = self._embed_image(codes[:, None], i)  # (B, 1, C)
         h = self.transformer(self.drop(x), cache, cache.pos)
         return self.image_logits(h[:, -1])

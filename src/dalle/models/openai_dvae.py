@@ -275,9 +275,17 @@ def load_openai_dvae(
 
 
 def import_openai_dvae(
-    encoder_pkl: str | Path, decoder_pkl: str | Path, out_dir: str | Path, image_size: int = 256
+    encoder_pkl: str | Path,
+    decoder_pkl: str | Path,
+    out_dir: str | Path,
+    image_size: int = 256,
+    force: bool = False,
 ) -> DiscreteVAE:
-    """Load OpenAI's dVAE and write it as our component folder (``config.json`` + safetensors)."""
+    """Load OpenAI's dVAE and write it as our component folder (``config.json`` + safetensors).
+    Both files are read and checked before ``out_dir`` is touched; a non-empty ``out_dir`` is
+    refused unless ``force``."""
+    from dalle.io import prepare_output_dir
+
     vae = load_openai_dvae(encoder_pkl, decoder_pkl, image_size=image_size)
-    vae.save(out_dir)
+    vae.save(prepare_output_dir(Path(out_dir), force=force))
     return vae

@@ -29,6 +29,7 @@ from torch import nn
 
 from dalle.config import VAEConfig
 from dalle.images import check_images
+from dalle.models.checks import check_ids
 from dalle.models.codebook import code_marginals, product_logits, split_codes
 from dalle.models.folder import load_component, save_component
 
@@ -258,6 +259,10 @@ class DiscreteVAE(nn.Module):
         """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
         return load_component(Path(directory), VAEConfig, cls)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def _check_images(self, images: torch.Tensor) -> None:
         check_images(images, self.cfg.channels, self.cfg.image_size)
 
@@ -284,12 +289,7 @@ class DiscreteVAE(nn.Module):
         n, k = self.cfg.grid_size, self.cfg.vocab_size
         if codes.ndim != 2 or codes.shape[1] != n * n:
             raise ValueError(f"expected codes of shape (B, {n * n}), got {tuple(codes.shape)}")
-        if codes.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"expected integer codes, got dtype {codes.dtype}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= k):
-            raise ValueError(
-                f"expected codes in [0, {k}), got values in [{codes.min()}, {codes.max()}]"
-            )
+        check_ids(codes, "codes", k)
         stats = self.decoder.forward_codes(codes.long().view(-1, n, n))
         return self.reconstruction(stats)
 

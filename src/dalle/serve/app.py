@@ -8,7 +8,8 @@ Routes (the request and response bodies are in ``dalle.serve.schemas`` and ``/op
 - ``POST /v1/generate/stream``: the same body, answered with server-sent events: ``queued``
   (``{ahead, total}``), ``progress`` (``{done, total}`` image tokens, at most one per percent),
   then ``result`` (the JSON above) or ``error`` (``{status, detail}``);
-- ``GET /v1/health``, ``GET /v1/model``, ``GET /v1/examples`` (captions of the built-in set).
+- ``GET /v1/health``, ``GET /v1/model``, ``GET /v1/examples`` (captions from the
+  model's own training data, saved in its folder; none for a folder without them).
 
 Generation runs on the worker of ``dalle.serve.worker``. Every error answer is
 ``{detail, field?}``: 413 for a body over ``MAX_BODY_BYTES``, 422 for a bad request (naming the
@@ -123,14 +124,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def example_prompts(count: int = 8) -> list[str]:
-    """Captions of the built-in shapes set: mostly ``train``, a few ``holdout`` (unseen pairs)."""
-    from dalle.data.shapes import make_sample
-
-    train = [make_sample(0, "train", i).caption for i in range(count - count // 4)]
-    return train + [make_sample(0, "holdout", i).caption for i in range(count // 4)]
-
-
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
@@ -175,7 +168,7 @@ def create_app(
     bodies over ``max_body_bytes`` are answered 413 unread."""
     jobs = GenerationQueue(queue_size, timeout_s)
     page = files("dalle.serve").joinpath("page.html").read_text(encoding="utf-8")
-    examples = example_prompts()
+    examples = list(pipeline.examples)
     vae_cfg = pipeline.vae.cfg
 
     @asynccontextmanager

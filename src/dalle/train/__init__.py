@@ -1,0 +1,48 @@
+"""The public training API: one function per stage, each taking a typed config and a dataset
+and returning the trained component with its run folder (:class:`Trained`)::
+
+    from dalle.data import open_data
+    from dalle.train import encode, train_clip, train_tokenizer, train_transformer, train_vae
+
+    data = open_data("photos/")                       # or "shapes", or tar shards
+    tokenizer = train_tokenizer(data)
+    vae = train_vae(data, "runs/vae").model
+    tokens = encode(vae, data)
+    pipe = train_transformer(tokens, vae, "runs/dalle", tokenizer=tokenizer).model
+    pipe.clip = train_clip(data, tokenizer, "runs/clip").model
+    images = pipe(["a red circle"]).images
+
+Configs are in :mod:`dalle.train.config`; the generic loop under every stage (AdamW, schedule,
+accumulation, precision, EMA, checkpoints, exact resume, DDP) is :mod:`dalle.train.loop`.
+"""
+
+from dalle.train.clip import train_clip
+from dalle.train.config import (
+    CheckpointConfig,
+    CLIPTrainConfig,
+    OptimConfig,
+    RunConfig,
+    TokenizerConfig,
+    TransformerTrainConfig,
+    VAETrainConfig,
+)
+from dalle.train.dalle import train_transformer
+from dalle.train.run import Trained
+from dalle.train.tokens import encode, train_tokenizer
+from dalle.train.vae import train_vae
+
+__all__ = [
+    "CLIPTrainConfig",
+    "CheckpointConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TokenizerConfig",
+    "Trained",
+    "TransformerTrainConfig",
+    "VAETrainConfig",
+    "encode",
+    "train_clip",
+    "train_tokenizer",
+    "train_transformer",
+    "train_vae",
+]

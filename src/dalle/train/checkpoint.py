@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +24,6 @@ from dalle.io import write_bytes_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d{8})\.pt")
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    every: int  # steps between checkpoints
-    keep: int = 3  # newest checkpoints kept on disk
-    minutes: float | None = None  # also save when this much time has passed since the last
-
-    def __post_init__(self) -> None:
-        if self.every < 1 or self.keep < 1:
-            raise ValueError(
-                f"checkpoint every and keep must be >= 1, got {self.every}, {self.keep}"
-            )
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"checkpoint minutes must be > 0, got {self.minutes}")
-
-    def due(self, step: int, last_step: int, seconds_since: float) -> bool:
-        """Save after ``step``? Every ``every`` steps, or once ``minutes`` have passed."""
-        if step % self.every == 0:
-            return True
-        late = self.minutes is not None and seconds_since >= 60 * self.minutes
-        return late and step > last_step
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

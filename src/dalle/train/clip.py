@@ -4,23 +4,27 @@ Plain InfoNCE treats caption i and image j != i as a mismatch. On data whose cap
 attributes out that is often false: "a red circle" describes every image of one red circle.
 Punishing those pairs teaches the model to split hairs the caption never stated. So the loss
 takes a ``positives`` matrix (caption i describes image j) and spreads each row's and each
-column's target mass evenly over its positives. For the shapes dataset the matrix is exact
-(the caption grammar checked against the scene's object list); for a folder of captions it is
-"same caption", which reduces to the usual identity for distinct captions.
+column's target mass evenly over its positives. The dataset supplies the matrix
+(:meth:`dalle.data.sources.ImageTextData.positives`): for the shapes it is exact (the caption
+grammar checked against the scene's object list); for a folder of captions it is "same
+caption", which reduces to the usual identity for distinct captions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from dalle.models.clip import CLIP
+from dalle.config import CLIP_PRESETS, CLIPConfig, to_dict
+from dalle.data.sources import ImageTextData
+from dalle.models.clip import CLIP, caption_positives
 from dalle.tokenizer import Tokenizer
-from dalle.train.checkpoint import CheckpointConfig
-from dalle.train.loop import Callback, OptimConfig, train
+from dalle.train.config import CheckpointConfig, CLIPTrainConfig, RunConfig
+from dalle.train.loop import Callback, train
+from dalle.train.run import Trained, start_run
 
 
 def clip_loss(
@@ -53,60 +57,29 @@ def clip_loss(
     return (text_to_image.mean() + image_to_text.mean()) / 2
 
 
-def shapes_positives(captions: Sequence[str], objects: Sequence[Sequence]) -> torch.Tensor:
-    """``(B, B)`` bool: caption i is satisfied by the scene of objects j (SHAPES.md's rule)."""
-    from dalle.eval.shapes import matches, parse_prompt
-
-    specs = [parse_prompt(c) for c in captions]
-    scenes = [list(o) for o in objects]
-    return torch.tensor([[matches(s, scene) for scene in scenes] for s in specs])
-
-
-def caption_positives(captions: Sequence[str], tokenizer: Tokenizer) -> torch.Tensor:
-    """``(B, B)`` bool: the two captions are the same text once normalised."""
-    norm = [tokenizer.normalize(c) for c in captions]
-    return torch.tensor([[a == b for b in norm] for a in norm])
-
-
-@dataclass(frozen=True)
-class CLIPTrainConfig:
-    """Optimisation of CLIP on image-caption batches (minutes on a CPU for the shapes)."""
-
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1.5e-3  # 900 steps: 3e-3 -> 80 %, 1.5e-3 -> 91 %, 8e-4 -> 88 % text->image top-1
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError(
-                f"steps must be >= 1 and batch_size >= 2, got {self.steps}, {self.batch_size}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-
-
 class CLIPObjective:
     """``(model, batch, step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`; a batch
-    is a dict with ``image`` (B, C, H, W), ``caption`` and, for shapes, ``objects``."""
+    is a dict with ``image`` (B, C, H, W) and ``caption``. ``positives(batch)`` is the
+    dataset's rule for which caption describes which image (``None``: the same caption)."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        positives: Callable[[dict], torch.Tensor | None] | None = None,
+    ):
         self.tokenizer = tokenizer
+        self.positives = positives
 
     def __call__(
         self, model: CLIP, batch: dict, step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         captions = batch["caption"]
-        if "objects" in batch:
-            positives = shapes_positives(captions, batch["objects"])
-        else:
+        positives = self.positives(batch) if self.positives is not None else None
+        if positives is None:
             positives = caption_positives(captions, self.tokenizer)
+        positives = positives.to(batch["image"].device)
         text, _ = self.tokenizer.encode_batch(captions, model.cfg.text_len)
-        t = model.encode_text(text)
+        t = model.encode_text(text.to(model.device))
         i = model.encode_image(batch["image"])
         scale = model.temperature()
         loss = clip_loss(t, i, scale, positives)
@@ -115,7 +88,7 @@ class CLIPObjective:
         return loss, {"batch_top1": float(hit), "scale": float(scale.detach())}
 
 
-def train_clip(
+def fit_clip(
     model: CLIP,
     tokenizer: Tokenizer,
     cfg: CLIPTrainConfig,
@@ -125,6 +98,7 @@ def train_clip(
     progress: bool = True,
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
+    positives: Callable[[dict], torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place; returns the last logged metrics. ``checkpoint`` and
     ``resume`` as in :func:`dalle.train.loop.train`."""
@@ -134,17 +108,37 @@ def train_clip(
             f"text_vocab={model.cfg.text_vocab}"
         )
     torch.manual_seed(cfg.seed)
-    optim = OptimConfig.of(cfg, betas=(0.9, 0.98))
-    objective = CLIPObjective(tokenizer)
-    return train(
-        model,
-        objective,
-        batches,
-        optim,
-        run_dir,
-        list(callbacks),
-        "clip",
-        progress,
-        checkpoint=checkpoint,
-        resume=resume,
-    )
+    objective = CLIPObjective(tokenizer, positives)
+    return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "clip",
+                 progress, checkpoint=checkpoint, resume=resume)  # fmt: skip
+
+
+def train_clip(
+    data: ImageTextData,
+    tokenizer: Tokenizer,
+    out: str | Path,
+    cfg: CLIPTrainConfig = CLIPTrainConfig(),
+    model: CLIPConfig | None = None,
+    run: RunConfig = RunConfig(),
+) -> Trained[CLIP]:
+    """Stage 3: CLIP (default: the ``tiny`` preset, sized to ``tokenizer``) trained on
+    ``data``, with the dataset's positives rule. Writes ``out/model/`` (tokenizer.json +
+    clip/), ``out/metrics.jsonl`` and ``out/train_config.json``. Resume is exact for
+    generated data; a folder's choice among several captions per image is not replayed."""
+    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
+
+    model = replace(model or CLIP_PRESETS["tiny"], text_vocab=tokenizer.vocab_size)
+    settings = {"model": to_dict(model), "train": to_dict(cfg), "data": data.describe()}
+    out = start_run(Path(out), settings, run.resume, run.force)
+    torch.manual_seed(cfg.seed)
+    clip = CLIP(model).to(run.device)
+
+    def save(step: int) -> None:
+        tokenizer.save(out / "model" / TOKENIZER_FILE)
+        clip.save(out / "model" / CLIP_DIR)
+
+    batches = data.batches(model.image_size, cfg.batch_size, cfg.seed)
+    callbacks = [Callback(run.save_every, save)]
+    metrics = fit_clip(clip, tokenizer, cfg, batches, out, callbacks, run.progress,
+                       run.checkpoint, run.resume, data.positives)  # fmt: skip
+    return Trained(clip, out, metrics)

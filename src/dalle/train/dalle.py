@@ -5,21 +5,34 @@ Text targets are caption tokens 1 .. text_len - 1 (the first token has no predec
 included as their per-position ids; image targets are all given image codes. Caption dropout
 (whole captions replaced by pads) trains the unconditional model that classifier-free guidance
 in ``dalle.sampling`` mixes with the conditional one.
+
+:func:`fit_transformer` trains a model in place on token batches; :func:`train_transformer` is
+the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) and its run out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dalle.config import TRANSFORMER_PRESETS, TransformerConfig, to_dict
+from dalle.data.sources import example_captions
+from dalle.data.tokens import TokenSet, token_batches
+from dalle.images import contact_sheet, png_bytes
+from dalle.io import write_bytes_atomic
 from dalle.models.codebook import split_codes
 from dalle.models.dalle import DALLE
-from dalle.train.checkpoint import CheckpointConfig
-from dalle.train.loop import Callback, OptimConfig, train
+from dalle.models.folder import fingerprint
+from dalle.models.vae import DiscreteVAE
+from dalle.pipeline import DallePipeline
+from dalle.tokenizer import Tokenizer
+from dalle.train.config import CheckpointConfig, RunConfig, TransformerTrainConfig
+from dalle.train.loop import Callback, SeededObjective, train
+from dalle.train.run import Trained, start_run
 
 
 def dalle_loss(
@@ -72,52 +85,13 @@ def caption_dropout(
     return torch.where(drop[:, None], torch.zeros_like(text), text)
 
 
-@dataclass(frozen=True)
-class DalleTrainConfig:
-    """Optimisation of the transformer (paper App. B.2, scaled down to minutes on a CPU)."""
+class DalleObjective(SeededObjective):
+    """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
+    its generator draws the caption dropout."""
 
-    steps: int = 3000
-    # Batch 8 x 1 200 steps beat 16 x 600 (the same sequences) on the 48-prompt benchmark:
-    # seen 36.2 % vs 31.0 %, held-out 11.8 % vs 3.9 %; lr 6e-3 gave 32.8 / 10.5.
-    batch_size: int = 8
-    lr: float = 3e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    text_weight: float = 1 / 8
-    image_weight: float = 7 / 8
-    caption_dropout: float = 0.15  # trains the unconditional model for guidance
-    seed: int = 0
-    accumulate: int = 1  # batches per optimisation step
-    precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
-    ema: float | None = None  # decay of a moving average of the weights, which is the result
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-
-
-class DalleObjective:
-    """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`."""
-
-    def __init__(self, cfg: DalleTrainConfig, generator: torch.Generator | None = None):
+    def __init__(self, cfg: TransformerTrainConfig, generator: torch.Generator | None = None):
+        super().__init__(generator)
         self.cfg = cfg
-        self.generator = generator
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The caption-dropout generator's state (saved in training checkpoints)."""
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
 
     def __call__(
         self, model: DALLE, batch: tuple[torch.Tensor, torch.Tensor], step: int
@@ -128,9 +102,9 @@ class DalleObjective:
         return dalle_loss(model, text, codes, self.cfg.text_weight, self.cfg.image_weight)
 
 
-def train_dalle(
+def fit_transformer(
     model: DALLE,
-    cfg: DalleTrainConfig,
+    cfg: TransformerTrainConfig,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     run_dir: Path,
     callbacks: list[Callback] = (),  # type: ignore[assignment]
@@ -141,17 +115,75 @@ def train_dalle(
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
     ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`."""
     torch.manual_seed(cfg.seed)
-    optim = OptimConfig.of(cfg, betas=(0.9, 0.95))
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed))
-    return train(
+    return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "train",
+                 progress, checkpoint=checkpoint, resume=resume)  # fmt: skip
+
+
+def sized_config(model: TransformerConfig, tokenizer: Tokenizer, vae: DiscreteVAE) -> TransformerConfig:
+    """``model`` with the vocabularies and the code grid of ``tokenizer`` and ``vae``."""
+    return replace(
         model,
-        objective,
-        batches,
-        optim,
-        run_dir,
-        list(callbacks),
-        "train",
-        progress,
-        checkpoint=checkpoint,
-        resume=resume,
+        text_vocab=tokenizer.vocab_size,
+        image_vocab=vae.cfg.vocab_size,
+        image_grid=vae.cfg.grid_size,
+        image_palette=vae.cfg.palette,
     )
+
+
+def check_tokens(tokens: TokenSet, vae: DiscreteVAE) -> None:
+    """ValueError unless the token file's codes come from ``vae`` (fingerprint, grid, codebook)."""
+    if tokens.vae_id and tokens.vae_id != fingerprint(vae):
+        raise ValueError(
+            f"the token file was encoded by another dVAE (id {tokens.vae_id}, this one is "
+            f"{fingerprint(vae)}): encode again with `dalle encode --vae` of this dVAE"
+        )
+    if tokens.grid != vae.cfg.grid_size or tokens.vocab_size != vae.cfg.vocab_size:
+        raise ValueError(
+            f"the token file holds {tokens.grid}x{tokens.grid} codes of {tokens.vocab_size} but "
+            f"the dVAE makes {vae.cfg.grid_size}x{vae.cfg.grid_size} of {vae.cfg.vocab_size}"
+        )
+
+
+def train_transformer(
+    tokens: TokenSet,
+    vae: DiscreteVAE,
+    out: str | Path,
+    cfg: TransformerTrainConfig = TransformerTrainConfig(),
+    model: TransformerConfig | None = None,
+    tokenizer: Tokenizer | None = None,
+    run: RunConfig = RunConfig(),
+) -> Trained[DallePipeline]:
+    """Stage 2: the transformer (default: the ``tiny`` preset, sized to ``tokenizer`` and
+    ``vae``) trained on ``tokens``, the dVAE codes and captions of :func:`dalle.train.encode`.
+    Without ``tokenizer`` one is trained on the token set's captions. Writes ``out/model/``
+    (a pipeline folder for :class:`dalle.DallePipeline` and ``dalle generate``),
+    ``out/metrics.jsonl``, ``out/train_config.json`` and sample grids ``out/samples_*.png``."""
+    check_tokens(tokens, vae)  # before anything is written
+    if cfg.batch_size > len(tokens):
+        raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(tokens)} token rows")
+    if tokenizer is None:
+        from dalle.train.tokens import train_tokenizer
+
+        tokenizer = train_tokenizer(tokens.captions)
+    model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
+    settings = {"model": to_dict(model), "train": to_dict(cfg), "rows": len(tokens)}
+    out = start_run(Path(out), settings, run.resume, run.force)
+    text, _ = tokenizer.encode_batch(tokens.captions, model.text_len)
+    torch.manual_seed(cfg.seed)
+    transformer = DALLE(model).to(run.device)
+    examples = example_captions(tokens.captions)
+    pipe = DallePipeline(tokenizer, vae.to(run.device), transformer, examples=examples)
+    prompts = list(dict.fromkeys(tokens.captions[:64]))[:8]
+
+    def save(step: int) -> None:
+        pipe.save_pretrained(out / "model")
+        images = pipe(prompts, num_images=2, seed=0).images
+        write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(contact_sheet(images, 4)))
+
+    batches = token_batches(text, tokens.codes, cfg.batch_size, cfg.seed)
+    callbacks = [Callback(run.save_every, save)]
+    metrics = fit_transformer(
+        pipe.transformer, cfg, batches, out, callbacks, run.progress, run.checkpoint, run.resume
+    )
+    return Trained(pipe, out, metrics)

@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 from tqdm import tqdm
 
 from dalle.train import distributed
-from dalle.train.checkpoint import CheckpointConfig, load_latest, save_checkpoint
+from dalle.train.checkpoint import load_latest, save_checkpoint
+from dalle.train.config import CheckpointConfig, OptimConfig
 from dalle.train.schedules import lr_factor
 
 
@@ -36,52 +37,19 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+class SeededObjective:
+    """An objective that draws random numbers (noise, dropout) from its own generator, whose
+    state it exposes to training checkpoints so that a resumed run draws the same numbers."""
 
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
 
-@dataclass(frozen=True)
-class OptimConfig:
-    """How the loop optimises. ``accumulate`` batches make one step; ``precision`` ``bf16``
-    runs the objective under bf16 autocast, ``fp16`` under fp16 autocast with a gradient
-    scaler (CUDA only); a step whose loss or gradient is not finite is skipped, and
-    ``max_bad_steps`` of them in a row stop the run. With ``ema`` the loop keeps an
-    exponential moving average of the weights and puts it into the model after the last
-    step (before the final checkpoint and callbacks)."""
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
 
-    steps: int
-    lr: float
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float | None = 1.0
-    log_every: int = 10
-    accumulate: int = 1
-    precision: str = "fp32"
-    max_bad_steps: int = 5
-    ema: float | None = None  # decay of an exponential moving average of the weights
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.accumulate < 1 or self.max_bad_steps < 1:
-            raise ValueError(
-                f"steps, accumulate and max_bad_steps must be >= 1, got {self.steps}, "
-                f"{self.accumulate}, {self.max_bad_steps}"
-            )
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise ValueError(f"ema decay must be in (0, 1), got {self.ema}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-
-    @classmethod
-    def of(cls, recipe: Any, **extra: Any) -> OptimConfig:
-        """The optimisation fields of a model's training config (steps, lr, warm-up, decay,
-        clipping; accumulation, precision and the bad-step limit where it has them), plus
-        ``extra``."""
-        names = ("steps", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip")
-        optional = ("accumulate", "precision", "max_bad_steps", "ema")
-        fields = {n: getattr(recipe, n) for n in names}
-        fields |= {n: getattr(recipe, n) for n in optional if hasattr(recipe, n)}
-        return cls(**fields, **extra)
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 @dataclass
@@ -129,142 +97,227 @@ def train(
     (and drops) as many batches as it had used, so the run continues exactly as if it had
     never stopped, given the same ``batches`` iterator and settings.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None and step_offset:
         raise ValueError("checkpoints cover single-phase runs (step_offset 0)")
-    device = next(model.parameters()).device
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA device; use bf16 on this machine")
-    opt = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    ema = None
-    if cfg.ema is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    trainer = Trainer(model, objective, batches, cfg, Path(run_dir), checkpoint)
+    return trainer.run(list(callbacks), desc, progress, step_offset, resume)
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # parameters
-    start = _resume(run_dir, model, opt, scaler, ema, objective, cfg) if resume else 0
-    world, main = distributed.world_size(), distributed.is_main()
-    if world > 1:  # every rank draws the global batch and keeps its slice
-        batches = (distributed.shard(b, distributed.rank(), world) for b in batches)
-    for _ in range(start * cfg.accumulate):  # the data position: batch iterators are deterministic
-        next(batches)
-    model.train()
-    last: dict[str, float] = {}
-    done, skipped, in_a_row, samples = start, 0, 0, 0
 
-    saved_at, saved_step = time.perf_counter(), start
+class Trainer:
+    """One run of the loop: the model, its optimizer, gradient scaler and weight average, the
+    data position and the counters that metrics and checkpoints report."""
 
-    def save(step: int) -> None:
-        nonlocal saved_at, saved_step
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
-        state["scaler"] = scaler.state_dict()
-        state["ema"] = ema.state_dict() if ema is not None else {}
-        state["rng"] = torch.get_rng_state()
-        state["objective"] = objective.state_dict() if hasattr(objective, "state_dict") else {}
-        save_checkpoint(run_dir, step, state, checkpoint.keep)  # type: ignore[union-attr]
-        saved_at, saved_step = time.perf_counter(), step
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        batches: Iterator[Any],
+        cfg: OptimConfig,
+        run_dir: Path,
+        checkpoint: CheckpointConfig | None = None,
+    ):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = next(model.parameters()).device
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 training needs a CUDA device; use bf16 on this machine")
+        self.model, self.objective, self.cfg = model, objective, cfg
+        self.run_dir, self.checkpoint = run_dir, checkpoint
+        self.opt = make_optimizer(model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.ema = None
+        if cfg.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    def forward_backward(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        if self.world > 1:  # every rank draws the global batch and keeps its slice
+            rank = distributed.rank()
+            batches = (distributed.shard(b, rank, self.world) for b in batches)
+        self.batches = batches
+        self.done = self.skipped = self.in_a_row = self.samples = 0
+        self.saved_at, self.saved_step = time.perf_counter(), 0
+        self.last: dict[str, float] = {}
+
+    def run(
+        self,
+        callbacks: list[Callback],
+        desc: str = "train",
+        progress: bool = True,
+        step_offset: int = 0,
+        resume: bool = False,
+    ) -> dict[str, float]:
+        """The loop: step, log, checkpoint, call back; see :func:`train`."""
+        cfg = self.cfg
+        start = self.resume() if resume else 0
+        self.done = self.saved_step = start
+        for _ in range(start * cfg.accumulate):  # the data position: batches are deterministic
+            next(self.batches)
+        self.model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc,
+                   unit="step", disable=not (progress and self.main), dynamic_ncols=True)  # fmt: skip
+        metrics_path = self.run_dir / "metrics.jsonl" if self.main else Path(os.devnull)
+        with open(metrics_path, "a", encoding="utf-8") as log, _sigint_at_step_end() as stop:
+            try:
+                for step in bar:
+                    lr, loss, metrics = self.step(step, desc)
+                    self.done = step + 1
+                    if self.done % cfg.log_every == 0 or self.done == cfg.steps:
+                        self.log(log, bar, step_offset, lr, loss, metrics, t0)
+                    if self.ema is not None and self.done == cfg.steps:  # the average is the result
+                        self.model.load_state_dict(self.ema.module.state_dict())
+                    if stop:  # Ctrl-C during this step: save it whole (below) and stop
+                        raise KeyboardInterrupt
+                    if self.main:
+                        self.save_due()
+                        self.call_back(callbacks, step_offset)
+            except KeyboardInterrupt:
+                if self.main and self.checkpoint is not None and self.done > start:
+                    self.save()  # the state after the last whole step
+                    print(f"\n{desc}: interrupted; saved step {self.done}, continue with --resume")
+                raise
+        self.model.eval()
+        return self.last
+
+    def step(self, step: int, desc: str) -> tuple[float, torch.Tensor, dict[str, float]]:
+        """One optimisation step at the scheduled learning rate; a step whose loss or gradient
+        is not finite is skipped (``max_bad_steps`` in a row stop the run)."""
+        cfg = self.cfg
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss, metrics = self.forward_backward(step)
+        finite = distributed.all_ranks_agree(bool(torch.isfinite(loss)), self.device)
+        if finite:
+            distributed.average_gradients(self.model)
+        if finite and cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            metrics["grad_norm"] = float(norm)
+            finite = bool(torch.isfinite(norm))
+        if finite:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.in_a_row = 0
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+            if self.in_a_row >= cfg.max_bad_steps:
+                raise ValueError(
+                    f"{desc}: the loss or gradient was not finite for {self.in_a_row} steps "
+                    f"in a row (last at step {step}); lower --lr"
+                )
+        return lr, loss, metrics
+
+    def forward_backward(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """``accumulate`` batches of one step; stops at the first non-finite loss (the rest of
         the step's batches are still drawn, so the data position never depends on it)."""
-        nonlocal samples
-        for i in range(cfg.accumulate):
-            batch = next(batches)
-            samples += world * batch_len(batch)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, metrics = objective(model, to_device(batch, device), step)
+        accumulate = self.cfg.accumulate
+        autocast = torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        )
+        for i in range(accumulate):
+            batch = next(self.batches)
+            self.samples += self.world * batch_len(batch)
+            with autocast:
+                loss, metrics = self.objective(self.model, to_device(batch, self.device), step)
             if not torch.isfinite(loss):
-                for _ in range(cfg.accumulate - i - 1):
-                    next(batches)
+                for _ in range(accumulate - i - 1):
+                    next(self.batches)
                 return loss, metrics
-            scaler.scale(loss / cfg.accumulate).backward()
+            self.scaler.scale(loss / accumulate).backward()
         return loss, metrics
 
-    t0 = time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc=desc,
-        unit="step",
-        disable=not (progress and main),
-        dynamic_ncols=True,
-    )
-    metrics_path = run_dir / "metrics.jsonl" if main else Path(os.devnull)
-    with open(metrics_path, "a", encoding="utf-8") as log, _sigint_at_step_end() as stop:
+    def log(
+        self,
+        log: IO[str],
+        bar: tqdm,
+        step_offset: int,
+        lr: float,
+        loss: torch.Tensor,
+        metrics: dict[str, float],
+        t0: float,
+    ) -> None:
+        """One line of ``metrics.jsonl`` and the progress bar's figures."""
+        elapsed = time.perf_counter() - t0
+        value = float(loss.detach())
+        self.last = {
+            "step": step_offset + self.done,
+            "loss": value,
+            "lr": lr,
+            "elapsed_s": round(elapsed, 2),
+            "samples_per_s": round(self.samples / elapsed, 1),
+            **metrics,
+            "skipped_steps": self.skipped,
+        }
+        log.write(json.dumps(self.last) + "\n")
+        log.flush()
+        bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
+            | {"loss": f"{value:.4g}", "lr": f"{lr:.2e}"}
+            | {"samples/s": f"{self.samples / elapsed:.1f}"}
+        )
+
+    def save_due(self) -> None:
+        """A checkpoint after the last step, and whenever the checkpoint config says so."""
+        if self.checkpoint is None:
+            return
+        since = time.perf_counter() - self.saved_at
+        if self.done == self.cfg.steps or self.checkpoint.due(self.done, self.saved_step, since):
+            self.save()
+
+    def call_back(self, callbacks: list[Callback], step_offset: int) -> None:
+        for cb in callbacks:
+            if self.done % cb.every == 0 or self.done == self.cfg.steps:
+                self.model.eval()
+                cb.fn(step_offset + self.done)
+                self.model.train()
+
+    def save(self) -> None:
+        """A training checkpoint of the state after ``done`` steps."""
+        objective = self.objective
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "rng": torch.get_rng_state(),
+            "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
+        }
+        save_checkpoint(self.run_dir, self.done, state, self.checkpoint.keep)  # type: ignore[union-attr]
+        self.saved_at, self.saved_step = time.perf_counter(), self.done
+
+    def resume(self) -> int:
+        """Load the newest checkpoint of the run folder into the training state; returns its
+        step."""
+        state = load_latest(self.run_dir)
+        if state is None:
+            raise ValueError(f"nothing to resume: {self.run_dir} has no readable checkpoint")
+        step = int(state["step"])
+        if step > self.cfg.steps:
+            raise ValueError(f"the checkpoint is at step {step}, past the run's {self.cfg.steps} steps")
         try:
-            for step in bar:
-                lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss, metrics = forward_backward(step)
-                finite = distributed.all_ranks_agree(bool(torch.isfinite(loss)), device)
-                if finite:
-                    distributed.average_gradients(model)
-                if finite and cfg.grad_clip:
-                    scaler.unscale_(opt)
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    metrics["grad_norm"] = float(norm)
-                    finite = bool(torch.isfinite(norm))
-                if finite:
-                    scaler.step(opt)
-                    scaler.update()
-                    if ema is not None:
-                        ema.update_parameters(model)
-                    in_a_row = 0
-                else:
-                    opt.zero_grad(set_to_none=True)
-                    skipped, in_a_row = skipped + 1, in_a_row + 1
-                    if in_a_row >= cfg.max_bad_steps:
-                        raise ValueError(
-                            f"{desc}: the loss or gradient was not finite for {in_a_row} steps "
-                            f"in a row (last at step {step}); lower --lr"
-                        )
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    elapsed = time.perf_counter() - t0
-                    last = {
-                        "step": step_offset + done,
-                        "loss": float(loss.detach()),
-                        "lr": lr,
-                        "elapsed_s": round(elapsed, 2),
-                        "samples_per_s": round(samples / elapsed, 1),
-                        **metrics,
-                        "skipped_steps": skipped,
-                    }
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                    bar.set_postfix(
-                        {k: f"{v:.4g}" for k, v in metrics.items() if k != "grad_norm"}
-                        | {"loss": f"{float(loss.detach()):.4g}", "lr": f"{lr:.2e}"}
-                        | {"samples/s": f"{samples / elapsed:.1f}"}
-                    )
-                if ema is not None and done == cfg.steps:  # the average is the result
-                    model.load_state_dict(ema.module.state_dict())
-                if stop:  # Ctrl-C during this step: save it whole (below) and stop
-                    raise KeyboardInterrupt
-                if not main:
-                    continue
-                since = time.perf_counter() - saved_at
-                if checkpoint is not None and (
-                    done == cfg.steps or checkpoint.due(done, saved_step, since)
-                ):
-                    save(done)
-                for cb in callbacks:
-                    if done % cb.every == 0 or done == cfg.steps:
-                        model.eval()
-                        cb.fn(step_offset + done)
-                        model.train()
-        except KeyboardInterrupt:
-            if main and checkpoint is not None and done > start:
-                save(done)  # the state after the last whole step
-                print(f"\n{desc}: interrupted; saved step {done}, continue with --resume")
-            raise
-    model.eval()
-    return last
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"the checkpoint does not fit this model: {first}") from None
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if not state.get("ema"):
+                raise ValueError("the checkpoint has no weight average; resume without --ema")
+            self.ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
+        if distributed.is_main():
+            _trim_metrics(self.run_dir / "metrics.jsonl", step)
+        return step
 
 
 @contextmanager
@@ -287,42 +340,6 @@ def _sigint_at_step_end() -> Iterator[list[int]]:
         yield stop
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _resume(
-    run_dir: Path,
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    ema: torch.nn.Module | None,
-    objective: Objective,
-    cfg: OptimConfig,
-) -> int:
-    """Load the newest checkpoint of ``run_dir`` into the training state; returns its step."""
-    state = load_latest(run_dir)
-    if state is None:
-        raise ValueError(f"nothing to resume: {run_dir} has no readable checkpoint")
-    step = int(state["step"])
-    if step > cfg.steps:
-        raise ValueError(f"the checkpoint is at step {step}, past the run's {cfg.steps} steps")
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"the checkpoint does not fit this model: {first}") from None
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if ema is not None:
-        if not state.get("ema"):
-            raise ValueError("the checkpoint has no weight average; resume without --ema")
-        ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["rng"])
-    if hasattr(objective, "load_state_dict"):
-        objective.load_state_dict(state["objective"])
-    if distributed.is_main():
-        _trim_metrics(run_dir / "metrics.jsonl", step)
-    return step
 
 
 def _trim_metrics(path: Path, step: int) -> None:

@@ -1,8 +1,12 @@
-"""The dVAE objective (paper Sec. 2.1, App. A.2): the evidence lower bound with the gumbel-softmax
-relaxation. Temperature tau anneals from 1 to 1/16 on a cosine schedule, the KL weight beta to its
+"""Training the dVAE. The objective (paper Sec. 2.1, App. A.2): the evidence lower bound with the
+gumbel-softmax relaxation. Temperature tau anneals from 1 to 1/16 on a cosine schedule, the KL weight beta to its
 target on a cosine warm-up; reconstruction is the logit-Laplace negative log-likelihood of pixels
 mapped to [eps, 1 - eps] (or plain MSE). The loss is normalised per sub-pixel: the sums over
 pixels and over latent positions are both divided by ``B * C * H * W``.
+
+Before it, a warm start (:class:`PatchCodeObjective`) may teach encoder and decoder the k-means
+codes of pixel patches (:mod:`dalle.train.kmeans`). :func:`fit_vae` trains a dVAE in place on
+image batches; :func:`train_vae` is the stage: a dataset in, a trained dVAE and its run out.
 """
 
 from __future__ import annotations
@@ -14,9 +18,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dalle.config import VAEConfig, VAETrainConfig, to_dict
+from dalle.config import VAE_PRESETS, VAEConfig, to_dict
+from dalle.data.sources import ImageTextData
+from dalle.images import contact_sheet, png_bytes, tensor_to_image
+from dalle.io import write_bytes_atomic
 from dalle.models.vae import DiscreteVAE, map_pixels
-from dalle.train.checkpoint import CheckpointConfig
+from dalle.train.config import CheckpointConfig, RunConfig, VAETrainConfig
+from dalle.train.kmeans import image_patches, init_codebook_logits, palette_of, patch_codebook
+from dalle.train.loop import Callback, SeededObjective, train
+from dalle.train.run import Trained, start_run
 from dalle.train.schedules import cosine_ramp
 
 
@@ -57,20 +67,13 @@ def reconstruction_loss(kind: str, stats: torch.Tensor, images: torch.Tensor) ->
     return (torch.sigmoid(stats[:, : images.shape[1]]) - map_pixels(images)) ** 2
 
 
-class VAEObjective:
-    """``(model, images, step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`."""
+class VAEObjective(SeededObjective):
+    """``(model, images, step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`; its
+    generator draws the gumbel noise."""
 
     def __init__(self, cfg: VAETrainConfig, generator: torch.Generator | None = None):
+        super().__init__(generator)
         self.cfg = cfg
-        self.generator = generator
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The gumbel-noise generator's state (saved in training checkpoints)."""
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
 
     def tau(self, step: int) -> float:
         """``step`` counts from the start of the relaxed phase (after any warm start)."""
@@ -108,114 +111,6 @@ class VAEObjective:
         return loss, metrics
 
 
-def shapes_eval_set(n: int = 256, seed: int = 1_000_003) -> tuple[torch.Tensor, list[str]]:
-    """Held-out evaluation images: half unseen ``train``-split scenes, half ``holdout`` scenes."""
-    from dalle.data.shapes import make_sample
-    from dalle.images import image_to_tensor
-
-    samples = [make_sample(seed, "train", i) for i in range(n - n // 2)]
-    samples += [make_sample(seed, "holdout", i) for i in range(n // 2)]
-    return torch.stack([image_to_tensor(s.image) for s in samples]), [s.caption for s in samples]
-
-
-def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B * H/size * W/size, C * size * size)``, patches in raster order."""
-    b, c, _, _ = images.shape
-    p = images.unfold(2, size, size).unfold(3, size, size)  # (B, C, h, w, size, size)
-    return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * size * size)
-
-
-def kmeans_plus_plus(
-    points: torch.Tensor, k: int, generator: torch.Generator | None = None
-) -> list[int]:
-    """Indices of ``k`` seeds among ``points`` (N, D) by k-means++: each next seed is drawn
-    with probability proportional to its squared distance from the nearest seed so far."""
-    picks = [int(torch.randint(len(points), (1,), generator=generator))]
-    d2 = ((points - points[picks[0]]) ** 2).sum(1)
-    for _ in range(k - 1):
-        total = d2.sum()
-        p = d2 / total if total > 0 else torch.full_like(d2, 1 / len(d2))
-        picks.append(int(torch.multinomial(p, 1, generator=generator)))
-        d2 = torch.minimum(d2, ((points - points[picks[-1]]) ** 2).sum(1))
-    return picks
-
-
-def kmeans(
-    points: torch.Tensor,
-    k: int,
-    iters: int,
-    generator: torch.Generator | None = None,
-    plus_plus: bool = False,
-) -> torch.Tensor:
-    """Lloyd's k-means of ``points`` (N, D) from ``k`` random points (or k-means++ seeds); an
-    empty cluster restarts at a random point. Returns the centres ``(k, D)``."""
-    if len(points) < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {len(points)}")
-    if plus_plus:
-        centres = points[kmeans_plus_plus(points, k, generator)].clone()
-    else:
-        centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(points, centres).argmin(dim=1)  # (N,)
-        counts = torch.bincount(assign, minlength=k).to(points.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, assign, points)
-        restart = points[torch.randint(len(points), (k,), generator=generator)]
-        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], restart)
-    return centres
-
-
-def patch_codebook(
-    images: torch.Tensor, cfg: VAETrainConfig, vae: DiscreteVAE, generator: torch.Generator
-) -> torch.Tensor:
-    """k-means centres ``(K, C * d * d)`` of the ``d x d`` pixel patches (d = the dVAE's
-    downsampling) of ``images``; for a product codebook, see :func:`product_patch_codebook`.
-    Flat patches are thinned to a quarter of the others so that an empty background does not
-    take most of the codebook."""
-    if vae.cfg.palette:
-        return product_patch_codebook(images, cfg, vae, generator)
-    patches = image_patches(images, vae.cfg.downsample)
-    flat = (patches.amax(1) - patches.amin(1)) < 1e-3
-    keep = max(int((~flat).sum()) // 4, 1)
-    flat_rows = patches[flat][torch.randperm(int(flat.sum()), generator=generator)[:keep]]
-    points = torch.cat([patches[~flat], flat_rows])
-    return kmeans(points, vae.cfg.vocab_size, cfg.kmeans_iters, generator)
-
-
-def product_patch_codebook(
-    images: torch.Tensor, cfg: VAETrainConfig, vae: DiscreteVAE, generator: torch.Generator
-) -> torch.Tensor:
-    """Centres ``(P * C, channels * d * d)`` of a product codebook: centre ``p * C + c`` is
-    pattern p (an intensity map in [0, 1] per pixel) times colour c (gain-shape quantisation).
-
-    Each non-black patch ``(d * d, channels)`` is split by its best rank-1 fit into a pattern
-    scaled to a peak of 1 and a colour. The colours are k-means clustered into the palette; the
-    patterns into P - 2 clusters plus the empty and the full pattern (so black and solid
-    patches are exact)."""
-    p, c = vae.cfg.patterns, vae.cfg.palette
-    d2 = vae.cfg.downsample**2
-    patches = image_patches(images, vae.cfg.downsample)  # (N, channels * d * d)
-    patches = patches[patches.amax(1) > 1e-3].unflatten(1, (-1, d2))  # (N', channels, d*d)
-    u, s, v = torch.linalg.svd(patches.transpose(1, 2), full_matrices=False)  # (N, d*d, ch)
-    pattern, colour = u[:, :, 0], v[:, 0, :] * s[:, :1]  # (N, d*d), (N, ch)
-    sign = torch.sign(pattern.sum(1, keepdim=True))  # the rank-1 fit's sign is arbitrary
-    peak = (pattern * sign).amax(1, keepdim=True).clamp_min(1e-6)
-    pattern, colour = (pattern * sign / peak).clamp(0, 1), colour * sign * peak
-    # k-means++ seeds: a random start can merge two colours (seen: green into cyan).
-    palette = kmeans(colour, c, cfg.kmeans_iters, generator, plus_plus=True)  # (C, channels)
-    partial = pattern[pattern.amin(1) < 0.99]
-    shapes = kmeans(partial, p - 2, cfg.kmeans_iters, generator)
-    shapes = torch.cat([shapes.new_zeros(1, d2), shapes.new_ones(1, d2), shapes])  # (P, d*d)
-    centres = shapes[:, None, None, :] * palette[None, :, :, None]  # (P, C, channels, d*d)
-    return centres.flatten(2).flatten(0, 1)
-
-
-def palette_of(centres: torch.Tensor, cfg: VAEConfig) -> torch.Tensor:
-    """The colours ``(palette, channels)`` of :func:`product_patch_codebook`'s centres: the
-    codes of pattern 1, the full one."""
-    full = centres.unflatten(0, (cfg.patterns, cfg.palette))[1]  # (palette, channels * d * d)
-    return full.unflatten(1, (cfg.channels, -1))[:, :, 0]
-
-
 class PatchCodeObjective:
     """Warm start: the k-means code of each pixel patch is the target of the encoder (cross
     entropy) and the input of the decoder (reconstruction loss against the image). Encoder and
@@ -251,17 +146,15 @@ class PatchCodeObjective:
 
 def reconstruction_grid(vae: DiscreteVAE, images: torch.Tensor, columns: int = 8):
     """A PNG-ready grid of (original | reconstruction) pairs."""
-    from dalle.images import contact_sheet, tensor_to_image
-
     with torch.no_grad():
-        recon = vae.decode(vae.encode(images))
+        recon = vae.decode(vae.encode(images.to(vae.device))).cpu()
     tiles = []
     for a, b in zip(images, recon, strict=True):
         tiles += [tensor_to_image(a), tensor_to_image(b)]
     return contact_sheet(tiles, columns=2 * (columns // 2))
 
 
-def train_vae(
+def fit_vae(
     vae: DiscreteVAE,
     cfg: VAETrainConfig,
     batches,
@@ -272,36 +165,27 @@ def train_vae(
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
 ) -> dict[str, float]:
-    """Train ``vae`` in place; saves ``run_dir/model`` and reconstruction grids periodically.
+    """Train ``vae`` in place on image batches (tensors, or dicts with ``image``); saves
+    ``run_dir/model`` and reconstruction grids of ``grid_images`` periodically. Returns the
+    last metrics.
 
     ``checkpoint`` / ``resume`` (see :func:`dalle.train.loop.train`) need a one-phase recipe,
     ``warm_start`` 0 or 1: the k-means codebook or the codebook-logit init is recomputed from
     the same first batches on resume, then the checkpoint's state replaces the weights."""
-    if (checkpoint is not None or resume) and 0 < cfg.warm_start_steps < cfg.steps:
+    if (checkpoint is not None or resume) and not cfg.one_phase:
         raise ValueError(
             "checkpoints and --resume need a one-phase recipe: --warm-start 0 or 1, "
             f"got {cfg.warm_start}"
         )
-    from dalle.images import png_bytes
-    from dalle.io import write_bytes_atomic, write_json_atomic
-    from dalle.train import distributed
-    from dalle.train.loop import Callback, OptimConfig, train
-
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    optim = OptimConfig.of(cfg)
+    optim = cfg.optim()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        write_json_atomic(
-            run_dir / "train_config.json", {"vae": to_dict(vae.cfg), "train": to_dict(cfg)}
-        )
 
     def save(step: int) -> None:
         vae.save(run_dir / "model")
-        write_bytes_atomic(
-            run_dir / f"recon_{step:06d}.png", png_bytes(reconstruction_grid(vae, grid_images))
-        )
+        grid = reconstruction_grid(vae, grid_images)
+        write_bytes_atomic(run_dir / f"recon_{step:06d}.png", png_bytes(grid))
 
     images = (batch["image"] if isinstance(batch, dict) else batch for batch in batches)
     callbacks = [Callback(save_every, save)]
@@ -321,7 +205,7 @@ def train_vae(
         train(vae, objective, images, phase, run_dir, callbacks, "dVAE warm start", progress)
     elif cfg.init_spread > 0 and not vae.cfg.palette:  # the init is for a flat logit layer
         init_batch = torch.cat([next(images) for _ in range(max(1, 64 // cfg.batch_size))])
-        init_codebook_logits(vae, init_batch, cfg.init_spread, generator)
+        init_codebook_logits(vae, init_batch.to(vae.device), cfg.init_spread, generator)
     rest = cfg.steps - warm
     phase = replace(optim, steps=rest, warmup_steps=min(cfg.warmup_steps, rest))
     elbo = VAEObjective(cfg, generator)
@@ -331,28 +215,28 @@ def train_vae(
                  checkpoint=checkpoint, resume=resume)  # fmt: skip
 
 
-@torch.no_grad()
-def init_codebook_logits(
-    vae: DiscreteVAE,
-    images: torch.Tensor,
-    spread: float,
-    generator: torch.Generator | None = None,
-) -> None:
-    """Data-dependent init of the encoder's last 1x1 conv (the logits over the codebook).
-
-    A random linear layer scores every position alike (the features share a large common
-    component), so the relaxed codes start out carrying no information about the image and
-    training stalls on the mean image. Instead seed K feature vectors with k-means++ on the
-    features of ``images`` and set the logits to their negative squared distances, scaled so
-    that the logits of one position have a standard deviation of ``spread``: from step 0
-    different content picks different codes, as a VQ-VAE's data-initialised codebook does.
-    """
-    h = F.relu(vae.features(images))  # the output layer's input: ReLU, then the 1x1 conv
-    feats = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (N, n)
-    centres = feats[kmeans_plus_plus(feats, vae.cfg.vocab_size, generator)]  # (K, n)
-    # -|f - c|^2 = 2 f.c - |c|^2 - |f|^2; the last term is the same for every code.
-    logits = 2 * feats @ centres.t() - (centres**2).sum(1)
-    scale = spread / logits.std(dim=1).mean().clamp_min(1e-8)
-    conv = vae.encoder.blocks.output.conv
-    conv.w.copy_((2 * scale * centres)[:, :, None, None])
-    conv.b.copy_(-scale * (centres**2).sum(1))
+def train_vae(
+    data: ImageTextData,
+    out: str | Path,
+    cfg: VAETrainConfig = VAETrainConfig(),
+    model: VAEConfig | None = None,
+    run: RunConfig = RunConfig(),
+) -> Trained[DiscreteVAE]:
+    """Stage 1: a dVAE of architecture ``model`` (default: the ``tiny`` preset) trained on
+    ``data`` by the recipe ``cfg``. Writes ``out/model/`` (config.json + model.safetensors),
+    ``out/metrics.jsonl``, ``out/train_config.json`` and reconstruction grids
+    ``out/recon_*.png``; ``run`` sets saving, checkpoints, resume and the device."""
+    model = model or VAE_PRESETS["tiny"]
+    if run.resume and not cfg.one_phase:
+        raise ValueError("--resume needs a one-phase recipe: --warm-start 0 or 1")
+    batches = data.batches(model.image_size, cfg.batch_size, cfg.seed)
+    grid, _ = data.eval_images(16, model.image_size)
+    settings = {"vae": to_dict(model), "train": to_dict(cfg)}
+    out = start_run(Path(out), settings, run.resume, run.force)
+    checkpoint = run.checkpoint if cfg.one_phase else None
+    torch.manual_seed(cfg.seed)
+    vae = DiscreteVAE(model).to(run.device)
+    metrics = fit_vae(
+        vae, cfg, batches, out, grid, run.save_every, run.progress, checkpoint, run.resume
+    )
+    return Trained(vae, out, metrics)
