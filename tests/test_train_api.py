@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from dalle.config import CLIPConfig, TransformerConfig, VAEConfig
@@ -159,3 +160,20 @@ def test_imports_run_one_way(path):
         assert not [m for m in imported if m.startswith("dalle.eval")], "train/ imports eval/"
     if module.startswith("dalle.eval"):
         assert not [m for m in imported if m.startswith("dalle.train")], "eval/ imports train/"
+
+
+def test_nearest_neighbour_metric_on_a_hand_made_case():
+    from dalle.eval.nearest import nearest_choice, own_rank, top_k
+
+    def solid(r: float, g: float, b: float) -> torch.Tensor:
+        return torch.tensor([r, g, b]).view(3, 1, 1).expand(3, 64, 64)
+
+    refs = torch.stack([solid(1, 0, 0), solid(0, 1, 0), solid(0, 0, 1), solid(0.9, 0.1, 0)])
+    gen = torch.stack([solid(1, 0, 0), solid(0.91, 0.09, 0), solid(0, 0, 0.8)])
+    # its own red picture exactly; asked for red, but the red-orange one is nearer (rank 1);
+    # asked for green, but blue and red-orange are nearer (red is as far: not nearer)
+    ranks = own_rank(gen, refs, targets=[0, 0, 1])
+    assert ranks == [0, 1, 2]
+    assert top_k(ranks, 1) == 1 / 3 and top_k(ranks, 2) == 2 / 3 and top_k(ranks, 3) == 1.0
+    candidates = torch.stack([refs[:3], refs[1:]])  # (2, 3, C, H, W)
+    assert nearest_choice(gen[1:], candidates).tolist() == [0, 1]

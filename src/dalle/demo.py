@@ -13,21 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, VAE_PRESETS, CLIPConfig
+from dalle.config import CLIP_PRESETS, VAE_PRESETS
 from dalle.data import ShapesData
-from dalle.data.tokens import TokenSet, token_batches
 from dalle.eval.clip import shapes_retrieval
 from dalle.eval.shapes import fidelity
 from dalle.eval.vae import evaluate_vae
 from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
-from dalle.models.clip import CLIP
-from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.outputs import write_generation
 from dalle.pipeline import DallePipeline
-from dalle.tokenizer import Tokenizer
 from dalle.train import (
     CLIPTrainConfig,
     RunConfig,
@@ -39,10 +33,7 @@ from dalle.train import (
     train_transformer,
     train_vae,
 )
-from dalle.train.clip import CLIPObjective
-from dalle.train.dalle import DalleObjective, sized_config
-from dalle.train.loop import steps_for_budget
-from dalle.train.vae import PatchCodeObjective, VAEObjective
+from dalle.train.budget import clip_steps_within, transformer_steps_within, vae_steps_within
 
 # Shares of the budget; the transformer gets what the others leave, and the final samples
 # (RERANK candidates per image, then a plain draw to compare with) get SAMPLING_SHARE.
@@ -115,7 +106,7 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     seconds = 0.95 * (budget - clock.elapsed() - (CLIP_SHARE + SAMPLING_SHARE) * budget)
     print(f"[3/5] transformer: {seconds:.0f} s", flush=True)
     train_cfg = TransformerTrainConfig(seed=seed)
-    steps = _transformer_steps(train_cfg, tokenizer, vae, tokens, seconds)
+    steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg)
     train_cfg = dataclasses.replace(train_cfg, steps=steps)
     trained = train_transformer(
         tokens, vae, runs / "transformer", train_cfg, tokenizer=tokenizer, run=quiet
@@ -125,11 +116,13 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
 
     print(f"[4/5] CLIP: {CLIP_SHARE * budget:.0f} s", flush=True)
     clip_cfg = dataclasses.replace(
-        CLIP_PRESETS["tiny"], text_vocab=tokenizer.vocab_size, text_len=pipe.transformer.cfg.text_len
+        CLIP_PRESETS["tiny"],
+        text_vocab=tokenizer.vocab_size,
+        text_len=pipe.transformer.cfg.text_len,
     )
     clip_train = CLIPTrainConfig(seed=seed)
     data = ShapesData(TOKENIZER_CAPTIONS, seed)
-    steps = _clip_steps(data, clip_cfg, clip_train, tokenizer, CLIP_SHARE * budget)
+    steps = clip_steps_within(CLIP_SHARE * budget, data, tokenizer, clip_train, clip_cfg)
     clip_train = dataclasses.replace(clip_train, steps=steps)
     pipe.clip = train_clip(data, tokenizer, runs / "clip", clip_train, clip_cfg, quiet).model
     retrieval = shapes_retrieval(pipe.clip, tokenizer)
@@ -145,7 +138,10 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     report = {
         "timings": clock.timings,
         "vae": vae_report,
-        "transformer": {"steps": train_cfg.steps, "config": dataclasses.asdict(pipe.transformer.cfg)},
+        "transformer": {
+            "steps": train_cfg.steps,
+            "config": dataclasses.asdict(pipe.transformer.cfg),
+        },
         "clip": {"steps": clip_train.steps, "retrieval": retrieval},
         "sampling": {**SAMPLING, "rerank": RERANK},
         "fidelity": fid,
@@ -169,15 +165,7 @@ def _train_vae(
     print(f"[1/5] dVAE: {seconds:.0f} s on the shapes train split", flush=True)
     data, model = ShapesData(seed=seed), VAE_PRESETS["tiny"]
     recipe = VAETrainConfig(seed=seed)
-    # Time the objective the recipe starts with (the warm start's codebook is a stand-in here).
-    torch.manual_seed(seed)
-    k, patch = model.vocab_size, model.channels * model.downsample**2
-    if recipe.warm_start:
-        probe = PatchCodeObjective(recipe, torch.rand(k, patch))
-    else:
-        probe = VAEObjective(recipe)
-    images = (b["image"] for b in data.batches(model.image_size, recipe.batch_size, seed))
-    steps = steps_for_budget(DiscreteVAE(model), probe, images, seconds * 0.95)
+    steps = vae_steps_within(seconds * 0.95, data, recipe, model)
     recipe = dataclasses.replace(recipe, steps=min(steps, 4 * recipe.steps))
     vae = train_vae(data, run_dir, recipe, model, run).model
     report = evaluate_vae(vae, *data.eval_images(256, model.image_size), judge=fidelity)
@@ -187,33 +175,6 @@ def _train_vae(
         "codebook_usage": round(report["codebook_usage"], 3),
         "reconstruction_fidelity": report["fidelity"],
     }
-
-
-def _transformer_steps(
-    train_cfg: TransformerTrainConfig,
-    tokenizer: Tokenizer,
-    vae: DiscreteVAE,
-    tokens: TokenSet,
-    seconds: float,
-) -> int:
-    """Steps of the transformer objective that fit in ``seconds`` on this machine."""
-    cfg = sized_config(TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
-    text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
-    batches = token_batches(text, tokens.codes[:256], train_cfg.batch_size)
-    return steps_for_budget(DALLE(cfg), DalleObjective(train_cfg), batches, seconds)
-
-
-def _clip_steps(
-    data: ShapesData,
-    clip_cfg: CLIPConfig,
-    train_cfg: CLIPTrainConfig,
-    tokenizer: Tokenizer,
-    seconds: float,
-) -> int:
-    """Steps of the CLIP objective (data included) that fit in ``seconds`` on this machine."""
-    batches = data.batches(clip_cfg.image_size, train_cfg.batch_size, train_cfg.seed)
-    objective = CLIPObjective(tokenizer, data.positives)
-    return steps_for_budget(CLIP(clip_cfg), objective, batches, seconds)
 
 
 def _draw(pipe: DallePipeline, out: Path, seed: int) -> tuple[dict, dict]:

@@ -13,6 +13,7 @@ Model architectures are in :mod:`dalle.config`; these are how a model is trained
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_VOCAB_SIZE = 1024  # caption BPE ids, [PAD] and the 256 byte tokens included
@@ -103,6 +104,30 @@ class RunConfig:
         _require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
 
 
+class _Recipe(Protocol):
+    """The optimisation fields every stage's recipe has."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    grad_clip: float
+
+
+def _optim(recipe: _Recipe, **extra: Any) -> OptimConfig:
+    """The loop's config of a recipe's common fields, plus the stage's ``extra`` ones."""
+    return OptimConfig(
+        steps=recipe.steps,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        min_lr_ratio=recipe.min_lr_ratio,
+        weight_decay=recipe.weight_decay,
+        grad_clip=recipe.grad_clip,
+        **extra,
+    )
+
+
 def _check_recipe(steps: int, batch_size: int, lr: float, min_batch: int = 1) -> None:
     _require(
         steps >= 1 and batch_size >= min_batch,
@@ -191,14 +216,7 @@ class VAETrainConfig:
         return self.warm_start_steps in (0, self.steps)
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            steps=self.steps,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip,
-        )
+        return _optim(self)
 
 
 @dataclass(frozen=True)
@@ -235,14 +253,9 @@ class TransformerTrainConfig:
         self.optim()  # accumulation, precision and the weight average are checked there
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            steps=self.steps,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay,
+        return _optim(
+            self,
             betas=(0.9, 0.95),
-            grad_clip=self.grad_clip,
             accumulate=self.accumulate,
             precision=self.precision,
             ema=self.ema,
@@ -266,12 +279,4 @@ class CLIPTrainConfig:
         _check_recipe(self.steps, self.batch_size, self.lr, min_batch=2)
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(
-            steps=self.steps,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay,
-            betas=(0.9, 0.98),
-            grad_clip=self.grad_clip,
-        )
+        return _optim(self, betas=(0.9, 0.98))

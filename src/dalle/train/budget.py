@@ -1,0 +1,65 @@
+"""Training within a time budget: how many steps of a stage's objective fit in a number of
+seconds on this machine, measured on throwaway copies of the models (the demo and the
+benchmarks size their runs this way)."""
+
+from __future__ import annotations
+
+import torch
+
+from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, CLIPConfig, TransformerConfig, VAEConfig
+from dalle.data.sources import ImageTextData
+from dalle.data.tokens import TokenSet, token_batches
+from dalle.models.clip import CLIP
+from dalle.models.dalle import DALLE
+from dalle.models.vae import DiscreteVAE
+from dalle.tokenizer import Tokenizer
+from dalle.train.clip import CLIPObjective
+from dalle.train.config import CLIPTrainConfig, TransformerTrainConfig, VAETrainConfig
+from dalle.train.dalle import DalleObjective, sized_config
+from dalle.train.loop import steps_for_budget
+from dalle.train.vae import PatchCodeObjective, VAEObjective
+
+
+def vae_steps_within(
+    seconds: float, data: ImageTextData, recipe: VAETrainConfig, model: VAEConfig
+) -> int:
+    """Steps of the objective ``recipe`` starts with (a random stand-in for the warm start's
+    k-means codebook), data included, that fit in ``seconds``."""
+    k, patch = model.vocab_size, model.channels * model.downsample**2
+    if recipe.warm_start:
+        probe = PatchCodeObjective(recipe, torch.rand(k, patch))
+    else:
+        probe = VAEObjective(recipe)
+    batches = data.batches(model.image_size, recipe.batch_size, recipe.seed)
+    images = (b["image"] for b in batches)
+    return steps_for_budget(DiscreteVAE(model), probe, images, seconds)
+
+
+def transformer_steps_within(
+    seconds: float,
+    tokens: TokenSet,
+    vae: DiscreteVAE,
+    tokenizer: Tokenizer,
+    recipe: TransformerTrainConfig,
+    model: TransformerConfig | None = None,
+) -> int:
+    """Steps of the transformer objective that fit in ``seconds``."""
+    cfg = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
+    text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
+    batches = token_batches(text, tokens.codes[:256], recipe.batch_size)
+    return steps_for_budget(DALLE(cfg), DalleObjective(recipe), batches, seconds)
+
+
+def clip_steps_within(
+    seconds: float,
+    data: ImageTextData,
+    tokenizer: Tokenizer,
+    recipe: CLIPTrainConfig,
+    model: CLIPConfig | None = None,
+) -> int:
+    """Steps of the CLIP objective (data and the dataset's positives included) that fit in
+    ``seconds``."""
+    cfg = model or CLIP_PRESETS["tiny"]
+    batches = data.batches(cfg.image_size, recipe.batch_size, recipe.seed)
+    objective = CLIPObjective(tokenizer, data.positives)
+    return steps_for_budget(CLIP(cfg), objective, batches, seconds)
