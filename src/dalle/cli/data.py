@@ -1,4 +1,5 @@
-"""``dalle data shapes``: write the built-in captioned-shapes dataset to a folder."""
+"""``dalle data shapes | emoji``: write the built-in captioned shapes, or Google's emoji from the
+npm registry, to a folder of image + caption pairs."""
 
 from __future__ import annotations
 
@@ -23,6 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--force", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=run_shapes)
+    e = kinds.add_parser(
+        "emoji",
+        help="Google's emoji (npm emoji-datasource-google), captioned by their names",
+        description="Write the emoji of the npm package emoji-datasource-google (pinned "
+        "version; package MIT, images Apache-2.0) as STEM.png (64 px, alpha composited onto "
+        "white) + STEM.txt (the lower-cased name, plus its skin tones) and LICENSE. The "
+        "holdout split is one (emoji, skin tone) pair of each emoji with five tones, held out of "
+        "train. The package comes from --source (the .tgz or its unpacked folder), else from "
+        "`npm pack` into --cache.",
+    )
+    e.add_argument("--out", type=Path, required=True, help="output folder (must be empty)")
+    e.add_argument("--split", choices=("train", "holdout", "all"), default="train")
+    e.add_argument("--source", type=Path, help="the package's .tgz or unpacked folder")
+    e.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "dalle",
+        help="where `npm pack` puts the package (default: %(default)s)",
+    )
+    e.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    e.set_defaults(func=run_emoji)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -30,4 +52,13 @@ def run_shapes(args: argparse.Namespace) -> int:
 
     write_folder(args.out, args.split, args.num, args.seed, force=args.force)
     print(f"wrote {args.num} {args.split} samples to {args.out}")
+    return 0
+
+
+def run_emoji(args: argparse.Namespace) -> int:
+    from dalle.data import emoji
+
+    source = args.source if args.source is not None else emoji.fetch(args.cache)
+    n = emoji.write_folder(args.out, source, args.split, force=args.force)
+    print(f"wrote {n} {args.split} emoji to {args.out} (from {source})")
     return 0
