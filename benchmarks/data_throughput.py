@@ -47,7 +47,7 @@ def main() -> int:
     torch.manual_seed(0)
     captions = [make_sample(0, "train", i).caption for i in range(2000)]
     tokenizer = Tokenizer.train(captions, 1024)
-    vae = DiscreteVAE(VAE_PRESETS["tiny"]).eval()
+    vae = DiscreteVAE(VAE_PRESETS["shapes"]).eval()
     cfg = dataclasses.replace(
         TRANSFORMER_PRESETS["tiny"],
         text_vocab=tokenizer.vocab_size,

@@ -64,6 +64,7 @@ def main() -> int:
 
     from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, VAE_PRESETS
     from dalle.data import FolderData
+    from dalle.data.emoji import TONES
     from dalle.eval.clip import retrieval
     from dalle.eval.nearest import nearest_choice, own_rank, top_k
     from dalle.eval.vae import evaluate_vae
@@ -159,18 +160,21 @@ def main() -> int:
 
     held_stems = sorted(p.stem for p in holdout_dir.glob("*.txt"))
     held_pick = rng.sample(held_stems, min(args.prompts, len(held_stems)))
-    tone_codes = ["1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"]
     held_prompts = [(holdout_dir / f"{s}.txt").read_text().strip() for s in held_pick]
     out_held = pipe(held_prompts, num_images=n, seed=args.seed, **SAMPLING)
+    stem_of = {caption: s for s, caption in captions.items()}
+    tones = list(TONES.values())
     candidates, asked = [], []
-    for s in held_pick:
-        emoji_code, tone = s.rsplit("-", 1)
+    for s, prompt in zip(held_pick, held_prompts, strict=True):
+        name, tone = prompt.rsplit(", ", 1)  # "waving hand sign, medium-dark skin tone"
         variants = []
-        for t in tone_codes:
-            folder = holdout_dir if t == tone else train_dir
-            variants.append(image_to_tensor(load_image(folder / f"{emoji_code}-{t}.png")))
+        for t in tones:  # the asked tone is the held-out image; the other four are in train
+            path = holdout_dir / f"{s}.png"
+            if f"{t} skin tone" != tone:
+                path = train_dir / f"{stem_of[f'{name}, {t} skin tone']}.png"
+            variants.append(image_to_tensor(load_image(path)))
         candidates += [torch.stack(variants)] * n
-        asked += [tone_codes.index(tone)] * n
+        asked += [tones.index(tone.removesuffix(" skin tone"))] * n
     held_generated = torch.stack([image_to_tensor(im) for im in out_held.images])
     picks = nearest_choice(held_generated, torch.stack(candidates))
     tone_acc = float((picks == torch.tensor(asked)).float().mean())

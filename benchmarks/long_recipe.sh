@@ -8,7 +8,7 @@ DALLE=${DALLE:-dalle}
 PYTHON=${PYTHON:-python}
 mkdir -p "$RUN"
 start=$(date +%s)
-$DALLE train-vae --data shapes --preset tiny --out "$RUN/vae" --force
+$DALLE train-vae --data shapes --preset shapes --out "$RUN/vae" --force
 $DALLE encode --vae "$RUN/vae" --data shapes --num 24000 --out "$RUN/tokens.safetensors" --force
 $DALLE train --vae "$RUN/vae" --tokens "$RUN/tokens.safetensors" --out "$RUN/dalle" \
     --steps 5500 --save-every 1000 --force

@@ -242,7 +242,7 @@ def main() -> int:
 
     # The dVAE: tiny preset, relaxed ELBO, batch 32.
     torch.manual_seed(0)
-    vae = DiscreteVAE(VAE_PRESETS["tiny"])
+    vae = DiscreteVAE(VAE_PRESETS["shapes"])
     objective = VAEObjective(VAETrainConfig(warm_start=0.0))
     sec = time_step(vae, objective, torch.rand(32, 3, 64, 64), repeats)
     report["vae_images_per_s"] = round(32 / sec, 1)

@@ -1,4 +1,4 @@
-"""dVAE quality benchmark: train the ``tiny`` preset with the default recipe, time it, and
+"""dVAE quality benchmark: train the ``shapes`` preset (the default for ``--data shapes``) with the default recipe, time it, and
 evaluate on 256 held-out shapes images (128 unseen train-split scenes, 128 holdout scenes).
 
     python benchmarks/vae_quality.py [--steps N] [--out runs/bench-vae] [--json FILE]
@@ -35,7 +35,7 @@ def main() -> int:
         "--data",
         "shapes",
         "--preset",
-        "tiny",
+        "shapes",
         "--out",
         str(args.out),
         "--force",

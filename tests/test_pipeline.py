@@ -172,7 +172,7 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     import dalle.demo as demo
     from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, TransformerConfig
 
-    monkeypatch.setitem(VAE_PRESETS, "tiny", VAE)
+    monkeypatch.setitem(VAE_PRESETS, "shapes", VAE)
     small = TransformerConfig(dim=32, depth=2, heads=2, attention=("full", "full"))
     monkeypatch.setitem(TRANSFORMER_PRESETS, "tiny", small)
     monkeypatch.setattr(demo, "PROMPTS", ("a red circle", "a large green triangle"))

@@ -177,3 +177,17 @@ def test_nearest_neighbour_metric_on_a_hand_made_case():
     assert top_k(ranks, 1) == 1 / 3 and top_k(ranks, 2) == 2 / 3 and top_k(ranks, 3) == 1.0
     candidates = torch.stack([refs[:3], refs[1:]])  # (2, 3, C, H, W)
     assert nearest_choice(gen[1:], candidates).tolist() == [0, 1]
+
+
+def test_each_dataset_picks_its_dvae_preset(tmp_path):
+    from dalle.config import VAE_PRESETS
+
+    write_folder(tmp_path / "pictures", "train", 16, seed=0, progress=False)
+    assert open_data("shapes").vae_preset == "shapes" and VAE_PRESETS["shapes"].palette == 8
+    assert open_data(tmp_path / "pictures").vae_preset == "tiny"
+    assert open_data("shards/{000..009}.tar").vae_preset == "tiny"
+    assert VAE_PRESETS["tiny"].palette == 0  # a flat codebook: any colours, not 8
+    cfg = VAETrainConfig(steps=1, batch_size=8, warmup_steps=0, kmeans_images=128, kmeans_iters=1)
+    quiet = RunConfig(progress=False)
+    trained = train_vae(open_data(tmp_path / "pictures"), tmp_path / "run", cfg, run=quiet)
+    assert trained.model.cfg == VAE_PRESETS["tiny"]

@@ -93,8 +93,14 @@ class VAEConfig:
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
-    # 64x64 shapes -> 16x16 codes; small enough to train in minutes on 2 CPU cores.
-    "tiny": VAEConfig(vocab_size=1024, palette=8),
+    # Any pictures (the default for folders and shards): a flat codebook, as in the paper.
+    # 64 px -> 16x16 codes of 1 024 (benchmarks/results/vae_presets.json has the table).
+    "tiny": VAEConfig(vocab_size=1024, n_hid=32),
+    "tiny-32": VAEConfig(image_size=32, downsample=2, vocab_size=1024, n_hid=32),  # -> 16x16
+    "tiny-128": VAEConfig(image_size=128, downsample=8, vocab_size=1024, n_hid=32),  # -> 16x16
+    # The built-in shapes (the default for --data shapes): 64x64 -> 16x16 codes of a gain-shape
+    # product codebook (128 patterns x 8 colours), small enough to train in minutes on 2 cores.
+    "shapes": VAEConfig(vocab_size=1024, palette=8),
     # OpenAI's released dVAE: 256 px, 4 groups of 2 blocks, n_hid 256, 8192 codes -> 32x32.
     "paper": VAEConfig(
         image_size=256, downsample=8, vocab_size=8192, n_hid=256, n_blk_per_group=2, n_init=128

@@ -163,7 +163,7 @@ def _train_vae(
 ) -> tuple[DiscreteVAE, dict[str, Any]]:
     """The default dVAE recipe cut to ``seconds``, and its evaluation on held-out scenes."""
     print(f"[1/5] dVAE: {seconds:.0f} s on the shapes train split", flush=True)
-    data, model = ShapesData(seed=seed), VAE_PRESETS["tiny"]
+    data, model = ShapesData(seed=seed), VAE_PRESETS["shapes"]
     recipe = VAETrainConfig(seed=seed)
     steps = vae_steps_within(seconds * 0.95, data, recipe, model)
     recipe = dataclasses.replace(recipe, steps=min(steps, 4 * recipe.steps))

@@ -34,9 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--vocab-size",
         type=positive_int,
-        default=1024,
         help="largest vocabulary, [PAD] and the 256 byte tokens included (>= 257; small "
-        "corpora may stop short of it) (default: %(default)s)",
+        "corpora may stop short of it) (default: TokenizerConfig's, 1 024)",
     )
     t.add_argument("--out", type=Path, required=True, help="tokenizer JSON file to write")
     t.add_argument(
@@ -76,11 +75,13 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
     from dalle.train import TokenizerConfig, train_tokenizer
 
-    if not MIN_VOCAB_SIZE <= args.vocab_size <= MAX_VOCAB_SIZE:  # before the captions are read
-        raise ValueError(
-            f"--vocab-size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE}, got {args.vocab_size}"
-        )
-    cfg = TokenizerConfig(vocab_size=args.vocab_size)
+    cfg = TokenizerConfig()
+    if args.vocab_size is not None:
+        if not MIN_VOCAB_SIZE <= args.vocab_size <= MAX_VOCAB_SIZE:  # before reading captions
+            raise ValueError(
+                f"--vocab-size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE}, got {args.vocab_size}"
+            )
+        cfg = TokenizerConfig(vocab_size=args.vocab_size)
     check_output_file(args.out, force=args.force)
     data = open_data(args.data, args.num, args.seed)
     captions = data.captions()

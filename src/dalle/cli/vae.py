@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="run folder (must be empty unless --force)"
     )
     p.add_argument(
-        "--preset", default="tiny", help="architecture preset: tiny (64 px) or paper (256 px)"
+        "--preset",
+        help="architecture: tiny (64 px, flat 1 024-code codebook: any pictures; the default "
+        "for folders and shards), tiny-32 / tiny-128 (the same at 32 / 128 px), shapes (64 px "
+        "gain-shape codebook: the built-in shapes' 8 colours; the default for --data shapes), "
+        "paper (256 px, 8 192 codes)",
     )
     p.add_argument("--steps", type=positive_int, help="optimisation steps (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int)
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from dalle.io import write_json_atomic
     from dalle.train import VAETrainConfig, distributed, train_vae
 
-    vae_cfg = preset(VAE_PRESETS, args.preset, "VAE")
+    data = open_data(args.data, seed=args.seed)
+    vae_cfg = preset(VAE_PRESETS, args.preset or data.vae_preset, "VAE")
     overrides = {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -90,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     train_cfg = with_overrides(VAETrainConfig(), overrides)
-    data = open_data(args.data, seed=args.seed)
     trained = train_vae(data, args.out, train_cfg, vae_cfg, run_config(args))
     # shapes: the held-out evaluation set; a folder: its first images (no split is held out)
     images, captions = data.eval_images(256 if isinstance(data, ShapesData) else 16, vae_cfg.image_size)

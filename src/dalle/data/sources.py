@@ -51,6 +51,7 @@ class ImageTextData:
     the rest has defaults that suit any folder of pictures."""
 
     name = "data"
+    vae_preset = "tiny"  # the dVAE preset (dalle.config.VAE_PRESETS) that suits this data
 
     def __init__(self) -> None:
         self._opened: torch.utils.data.Dataset | None = None
@@ -138,6 +139,7 @@ class ShapesData(ImageTextData):
     so CLIP's positives are exact: a caption describes every scene it matches."""
 
     name = "shapes"
+    vae_preset = "shapes"  # gain-shape codes: a colour seen on some outlines draws on others
 
     def __init__(self, num: int = 20_000, seed: int = 0):
         super().__init__()

@@ -35,6 +35,12 @@ def kmeans_plus_plus(
     return picks
 
 
+def nearest(points: torch.Tensor, centres: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+    """The index of the nearest centre ``(N,)`` of each of ``points`` (N, D), ``chunk`` rows at
+    a time: a full (N, K) distance matrix of a large codebook would not fit in memory."""
+    return torch.cat([torch.cdist(part, centres).argmin(dim=1) for part in points.split(chunk)])
+
+
 def kmeans(
     points: torch.Tensor,
     k: int,
@@ -51,7 +57,7 @@ def kmeans(
     else:
         centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
     for _ in range(iters):
-        assign = torch.cdist(points, centres).argmin(dim=1)  # (N,)
+        assign = nearest(points, centres)  # (N,)
         counts = torch.bincount(assign, minlength=k).to(points.dtype)
         sums = torch.zeros_like(centres).index_add_(0, assign, points)
         restart = points[torch.randint(len(points), (k,), generator=generator)]

@@ -24,7 +24,13 @@ from dalle.images import contact_sheet, png_bytes, tensor_to_image
 from dalle.io import write_bytes_atomic
 from dalle.models.vae import DiscreteVAE, map_pixels
 from dalle.train.config import CheckpointConfig, RunConfig, VAETrainConfig
-from dalle.train.kmeans import image_patches, init_codebook_logits, palette_of, patch_codebook
+from dalle.train.kmeans import (
+    image_patches,
+    init_codebook_logits,
+    nearest,
+    palette_of,
+    patch_codebook,
+)
 from dalle.train.loop import Callback, SeededObjective, train
 from dalle.train.run import Trained, start_run
 from dalle.train.schedules import cosine_ramp
@@ -125,7 +131,7 @@ class PatchCodeObjective:
         n = vae.cfg.grid_size
         patches = image_patches(images, vae.cfg.downsample)
         centres = self.centres.to(patches.device, patches.dtype)
-        return torch.cdist(patches, centres).argmin(dim=1).view(-1, n, n)
+        return nearest(patches, centres).view(-1, n, n)
 
     def __call__(
         self, model: DiscreteVAE, images: torch.Tensor, step: int
@@ -222,11 +228,12 @@ def train_vae(
     model: VAEConfig | None = None,
     run: RunConfig = RunConfig(),
 ) -> Trained[DiscreteVAE]:
-    """Stage 1: a dVAE of architecture ``model`` (default: the ``tiny`` preset) trained on
+    """Stage 1: a dVAE of architecture ``model`` (default: the preset that suits ``data``,
+    ``data.vae_preset``: ``tiny`` for pictures, ``shapes`` for the built-in shapes) trained on
     ``data`` by the recipe ``cfg``. Writes ``out/model/`` (config.json + model.safetensors),
     ``out/metrics.jsonl``, ``out/train_config.json`` and reconstruction grids
     ``out/recon_*.png``; ``run`` sets saving, checkpoints, resume and the device."""
-    model = model or VAE_PRESETS["tiny"]
+    model = model or VAE_PRESETS[data.vae_preset]
     if run.resume and not cfg.one_phase:
         raise ValueError("--resume needs a one-phase recipe: --warm-start 0 or 1")
     batches = data.batches(model.image_size, cfg.batch_size, cfg.seed)
