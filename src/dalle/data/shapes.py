@@ -164,7 +164,7 @@ EVAL_SEED = 1_000_003  # the seed of the held-out evaluation sets: no training r
 def eval_set(n: int = 256, seed: int = EVAL_SEED) -> tuple[torch.Tensor, list[str]]:
     """Held-out evaluation images ``(n, 3, 64, 64)`` and captions: half unseen ``train``-split
     scenes, half ``holdout`` scenes (the first ``n - n // 2`` are the ``train`` ones)."""
-    return _stack(eval_samples(n, seed))
+    return stack_samples(eval_samples(n, seed))
 
 
 def eval_samples(n: int = 256, seed: int = EVAL_SEED) -> list[ShapesSample]:
@@ -173,7 +173,8 @@ def eval_samples(n: int = 256, seed: int = EVAL_SEED) -> list[ShapesSample]:
     return samples + [make_sample(seed, "holdout", i) for i in range(n // 2)]
 
 
-def _stack(samples: list[ShapesSample]) -> tuple[torch.Tensor, list[str]]:
+def stack_samples(samples: list[ShapesSample]) -> tuple[torch.Tensor, list[str]]:
+    """The samples' images ``(N, 3, 64, 64)`` and captions."""
     return torch.stack([image_to_tensor(s.image) for s in samples]), [s.caption for s in samples]
 
 

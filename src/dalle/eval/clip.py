@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from dalle.data.shapes import EVAL_SEED, eval_samples
+from dalle.data.shapes import EVAL_SEED, eval_samples, stack_samples
 from dalle.data.shapes_captions import positives as shapes_positives
-from dalle.images import image_to_tensor
-from dalle.models.clip import CLIP
+from dalle.models.clip import CLIP, caption_positives
 from dalle.tokenizer import Tokenizer
 
 
@@ -36,8 +35,7 @@ def retrieval(
     if n < 2 or len(images) != n:
         raise ValueError(f"need at least 2 images with one caption each, got {len(images)}, {n}")
     if positives is None:
-        norm = [tokenizer.normalize(c) for c in captions]
-        positives = torch.tensor([[a == b for b in norm] for a in norm])
+        positives = caption_positives(captions, tokenizer)
     text, _ = tokenizer.encode_batch(captions, clip.cfg.text_len)
     sim = clip.similarity(text.to(clip.device), images.to(clip.device)).cpu()  # (text, image)
     t2i = positives.gather(1, sim.argmax(1, keepdim=True)).squeeze(1)  # caption q's pick
@@ -58,8 +56,7 @@ def shapes_retrieval(clip: CLIP, tokenizer: Tokenizer, n: int = 256, seed: int =
     if n < 2:
         raise ValueError(f"need at least 2 images to retrieve among, got {n}")
     samples = eval_samples(n, seed)
-    captions = [s.caption for s in samples]
-    images = torch.stack([image_to_tensor(s.image) for s in samples])
+    images, captions = stack_samples(samples)
     positives = shapes_positives(captions, [s.objects for s in samples])  # (text, image)
     half = n - n // 2
     groups = {"seen": slice(0, half), "held_out": slice(half, n)}
