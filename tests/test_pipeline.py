@@ -1,11 +1,14 @@
 """Token files, the pipeline folder, and the encode / train / generate commands end to end on
-tiny models: the ``generate`` output contract, seed determinism and clear errors."""
+tiny models: the ``generate`` output contract, seed determinism, the sampling defaults a
+folder ships (``generation.json``) and clear errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +21,7 @@ from dalle.images import image_to_tensor
 from dalle.models.folder import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
+from dalle.sampling import SamplingConfig
 
 VAE = VAEConfig(image_size=64, downsample=8, vocab_size=32, n_hid=8, n_init=16)
 
@@ -91,6 +95,102 @@ def test_pipeline_round_trip_and_seeds(trained, tmp_path):
     out = pipe("a red circle", num_images=3, seed=1)
     assert len(out.images) == 3 and out.images[0].size == (64, 64)
     assert out.prompts == ["a red circle"] * 3 and out.scores is None
+
+
+SAVED = SamplingConfig(temperature=0.5, top_k=5, cond_scale=2.0)
+SAVED_JSON = {"temperature": 0.5, "top_k": 5, "top_p": None, "cond_scale": 2.0, "rerank": None}
+
+
+def test_sampling_defaults_ship_with_the_model(trained, tmp_path):
+    plain = DallePipeline.from_pretrained(trained["model"])
+    assert plain.sampling == SamplingConfig()  # training saves plain sampling
+    tuned = DallePipeline.from_pretrained(trained["model"])
+    tuned.sampling = SAVED
+    tuned.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "generation.json").read_text()) == SAVED_JSON
+    again = DallePipeline.from_pretrained(tmp_path / "m")
+    assert again.sampling == SAVED
+    # The saved defaults draw exactly what the same settings given by the caller draw.
+    prompts = ["a red circle", "a blue square"]
+    codes = again.generate_codes(prompts, 2, seed=4)
+    assert torch.equal(codes, plain.generate_codes(prompts, 2, seed=4, sampling=SAVED))
+    assert not torch.equal(codes, plain.generate_codes(prompts, 2, seed=4))
+    out = again(prompts, num_images=2, seed=4)
+    explicit = plain(prompts, num_images=2, seed=4, temperature=0.5, top_k=5, cond_scale=2.0)
+    assert [im.tobytes() for im in out.images] == [im.tobytes() for im in explicit.images]
+    assert out.sampling == explicit.sampling == SAVED
+    # A field given per call overrides the saved one; the others stay.
+    assert again("a red circle", temperature=0.7).sampling == SAVED.override(temperature=0.7)
+    assert again("a red circle", top_k=None).sampling.top_k is None
+    with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['temprature'\]"):
+        again("a red circle", temprature=0.7)
+    plain.sampling = SamplingConfig(rerank=2)  # no clip/ to rerank with
+    with pytest.raises(ValueError, match="no CLIP model to rerank with"):
+        plain.save_pretrained(tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+
+
+def test_a_folder_without_generation_json_samples_plainly(trained, tmp_path):
+    shutil.copytree(trained["model"], tmp_path / "old")
+    (tmp_path / "old" / "generation.json").unlink()
+    assert DallePipeline.from_pretrained(tmp_path / "old").sampling == SamplingConfig()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "expected a JSON object, got list"),
+        ('{"temperature": 0.5}', "missing field(s) ['cond_scale', 'rerank', 'top_k', 'top_p']"),
+        (json.dumps({**SAVED_JSON, "seed": 1}), "unknown field(s) ['seed']"),
+        (json.dumps({**SAVED_JSON, "top_k": "5"}), "field 'top_k' must be int | None, got '5'"),
+        (json.dumps({**SAVED_JSON, "temperature": -1}), "temperature must be a finite number > 0"),
+        (json.dumps({**SAVED_JSON, "rerank": 4}), "rerank=4 needs a CLIP model"),
+    ],
+)
+def test_a_bad_generation_json_is_a_one_line_error_naming_it(trained, tmp_path, text, message):
+    folder = tmp_path / "m"
+    shutil.copytree(trained["model"], folder)
+    (folder / "generation.json").write_text(text)
+    with pytest.raises(ValueError) as e:
+        DallePipeline.from_pretrained(folder)
+    error = str(e.value)
+    assert str(folder / "generation.json") in error and message in error and "\n" not in error
+
+
+def test_generate_uses_the_model_defaults_unless_a_flag_overrides_one(trained, tmp_path, capsys):
+    pipe = DallePipeline.from_pretrained(trained["model"])
+    pipe.sampling = SAVED
+    pipe.save_pretrained(tmp_path / "m")
+    runs = iter(range(100))
+
+    def drawn(*flags: str) -> list[np.ndarray]:
+        out = tmp_path / f"gen{next(runs)}"
+        argv = ["generate", "--model", str(tmp_path / "m"), "a red circle", "--num-images", "2"]
+        assert main([*argv, "--seed", "5", "--out", str(out), *flags]) == 0
+        lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+        return [np.asarray(Image.open(out / x["file"])) for x in lines]
+
+    def expected(**fields) -> list[np.ndarray]:
+        images = pipe("a red circle", 2, 5, SAVED.override(**fields)).images
+        return [np.asarray(im) for im in images]
+
+    def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+        return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(drawn(), expected())
+    assert "sampling: temperature 0.5, guidance 2, top-k 5, top-p off" in capsys.readouterr().out
+    assert same(drawn("--temperature", "0.9"), expected(temperature=0.9))
+    assert not same(drawn("--temperature", "0.9"), expected())
+    assert same(drawn("--top-k", "off", "--cond-scale", "1"), expected(top_k=None, cond_scale=1.0))
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "MODEL/generation.json" in capsys.readouterr().out
+    (tmp_path / "m" / "generation.json").write_text("{broken")
+    argv = ["generate", "--model", str(tmp_path / "m"), "a red circle"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "generation.json: not valid JSON" in err and len(err.splitlines()) == 1
 
 
 def test_generate_contract(trained, tmp_path):
@@ -183,6 +283,15 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     for key in ("fidelity", "fidelity_without_rerank"):
         assert report[key]["n"] == 8 and 0 <= report[key]["overall"] <= 1
     assert report["sampling"]["rerank"] == demo.RERANK
+    table = report["sampling"]["choice"]["table"]  # the candidates, judged by pixels
+    assert len(table) == len(demo.SAMPLING_CANDIDATES)
+    assert all(row["metric"] == "judge" and 0 <= row["score"] <= 1 for row in table)
+    saved = json.loads((out / "model" / "generation.json").read_text())
+    assert saved == report["sampling"]["defaults"]
+    assert SamplingConfig(**saved) in demo.SAMPLING_CANDIDATES
+    assert max(row["score"] for row in table) == next(
+        row["score"] for row in table if saved.items() <= row.items()
+    )
     assert 0 <= report["clip"]["retrieval"]["text_to_image"]["seen"] <= 1
     assert (out / "samples.png").is_file()
     pipe = DallePipeline.from_pretrained(out / "model")

@@ -1,7 +1,10 @@
 """Sampling: filters never let an excluded token through, draws follow the softmax, seeds
-reproduce codes, the cache changes nothing, guidance and priming behave, inputs stay intact."""
+reproduce codes, the cache changes nothing, guidance and priming behave, inputs stay intact,
+and SamplingConfig validates and overrides its fields."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +12,14 @@ import torch.nn.functional as F
 
 from dalle.config import TransformerConfig
 from dalle.models.dalle import DALLE
-from dalle.sampling import guide, sample_codes, sample_next, top_k_filter, top_p_filter
+from dalle.sampling import (
+    SamplingConfig,
+    guide,
+    sample_codes,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
 
 CFG = TransformerConfig(
     text_vocab=20, text_len=4, image_vocab=12, image_grid=3, dim=32, depth=2, heads=4,
@@ -140,3 +150,40 @@ def test_bad_inputs_raise(model, text):
         sample_codes(model, text[:, :2])
     with pytest.raises(ValueError, match=r"logits of shape \(B, V\)"):
         sample_next(torch.zeros(5))
+
+
+def test_sampling_config_validates_each_field_in_one_line():
+    assert dataclasses.astuple(SamplingConfig()) == (1.0, None, None, 1.0, None)  # plain sampling
+    cases = [
+        (dict(temperature=0), "temperature must be a finite number > 0, got 0"),
+        (dict(temperature=float("inf")), "temperature must be"),
+        (dict(temperature="1"), "temperature must be"),
+        (dict(top_k=0), "top_k must be an integer >= 1, got 0"),
+        (dict(top_k=2.0), "top_k must be"),
+        (dict(top_k=True), "top_k must be"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(top_p=1.5), "top_p must be"),
+        (dict(cond_scale=float("nan")), "cond_scale must be finite, got nan"),
+        (dict(cond_scale=None), "cond_scale must be finite"),
+        (dict(rerank=0), "rerank must be >= 1 candidates per image or None, got 0"),
+        (dict(rerank=2.0), "rerank must be"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match) as e:
+            SamplingConfig(**kwargs)
+        assert "\n" not in str(e.value)
+    ok = SamplingConfig(temperature=1e-6, top_k=1, top_p=1.0, cond_scale=-2, rerank=1)
+    assert ok.cond_scale == -2  # guidance away from the caption is allowed, if odd
+
+
+def test_sampling_config_overrides_single_fields():
+    base = SamplingConfig(temperature=0.5, top_k=8, cond_scale=2.0)
+    assert base.override(temperature=0.7) == SamplingConfig(0.7, 8, None, 2.0, None)
+    assert base.override(top_k=None) == SamplingConfig(0.5, None, None, 2.0, None)  # off
+    assert base.override() == base
+    with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['temprature'\]"):
+        base.override(temprature=0.7)
+    with pytest.raises(ValueError, match="temperature must be"):
+        base.override(temperature=-1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.temperature = 2.0  # type: ignore[misc]

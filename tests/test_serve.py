@@ -22,7 +22,9 @@ from PIL import Image  # noqa: E402
 
 from dalle.cli import main  # noqa: E402
 from dalle.cli.serve import is_loopback  # noqa: E402
+from dalle.images import png_bytes  # noqa: E402
 from dalle.pipeline import DallePipeline  # noqa: E402
+from dalle.sampling import SamplingConfig  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
 from dalle.serve.worker import GenerationQueue, JobCancelled  # noqa: E402
 from serve_fixtures import EXAMPLES, running_server, scripted, tiny_parts  # noqa: E402
@@ -65,6 +67,9 @@ def test_health_model_and_examples(client):
     assert model["transformer"]["image_grid"] == GRID and model["vae"]["image_size"] == 64
     assert model["has_clip"] is False and model["clip"] is None
     assert model["limits"]["max_images"] == 16
+    assert model["sampling"] == {  # a model without generation.json samples plainly
+        "temperature": 1.0, "top_k": None, "top_p": None, "cond_scale": 1.0, "rerank": None,
+    }  # fmt: skip
     assert client.get("/v1/examples").json()["prompts"] == EXAMPLES  # the model's own
 
 
@@ -103,6 +108,34 @@ def test_sampling_options_are_accepted(client):
     assert r.status_code == 200 and len(r.json()["images"]) == 1
 
 
+def test_requests_use_the_model_defaults_unless_they_override_them():
+    tuned = SamplingConfig(temperature=0.5, top_k=4, cond_scale=2.0)
+    pipe = DallePipeline(*tiny_parts(GRID), examples=EXAMPLES, sampling=tuned)
+    body = {"prompt": "a red circle", "num_images": 2, "seed": 9}
+
+    def direct(sampling: SamplingConfig) -> list[str]:
+        images = pipe("a red circle", 2, 9, sampling).images
+        return [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]
+
+    with TestClient(create_app(pipe, name="tuned")) as c:
+
+        def served(**fields) -> list[str]:
+            r = c.post("/v1/generate", json={**body, **fields})
+            assert r.status_code == 200, r.text
+            return [im["png_base64"] for im in r.json()["images"]]
+
+        model = c.get("/v1/model").json()
+        assert model["sampling"] == {
+            "temperature": 0.5, "top_k": 4, "top_p": None, "cond_scale": 2.0, "rerank": None,
+        }  # fmt: skip
+        assert served() == served(temperature=0.5, top_k=4, cond_scale=2.0) == direct(tuned)
+        assert served(temperature=0.9) == direct(tuned.override(temperature=0.9))
+        assert served(temperature=0.9) != served()
+        assert served(top_k=None) == direct(tuned.override(top_k=None))  # null: off
+        r = c.post("/v1/generate/stream", json={**body, "rerank": None})
+        assert events(r.text)[-1][0] == "result"
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -120,6 +153,8 @@ def test_sampling_options_are_accepted(client):
         ({"prompt": "a", "seed": 2**32}, "seed"),
         ({"prompt": "a", "temperature": 0}, "temperature"),
         ({"prompt": "a", "temperature": -1.0}, "temperature"),
+        ({"prompt": "a", "temperature": None}, "temperature"),  # only top_k, top_p, rerank
+        ({"prompt": "a", "cond_scale": None}, "cond_scale"),  # turn off with null
         ({"prompt": "a", "top_k": 0}, "top_k"),
         ({"prompt": "a", "top_p": 0}, "top_p"),
         ({"prompt": "a", "top_p": 1.5}, "top_p"),

@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="dalle serve needs the [serve] extra (fastapi, uvicorn)")
 
+from dalle.sampling import SamplingConfig  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
 from serve_fixtures import running_server, scripted  # noqa: E402
 
@@ -33,6 +34,7 @@ LAUNCH_ARGS = [
 ]  # fmt: skip
 GRID = 8  # 64 codes per image
 NUM_IMAGES = 4
+SAMPLING = SamplingConfig(temperature=0.8, top_k=6)  # the model's defaults, shown by the page
 
 
 def skip_loudly(reason: str) -> None:
@@ -45,7 +47,8 @@ def skip_loudly(reason: str) -> None:
 def server_url() -> Iterator[str]:
     """The app under uvicorn on loopback; sampling is slowed to 10 ms per position so the bar
     has time to be seen moving."""
-    with running_server(create_app(scripted(GRID, delay=0.01), name="tiny-random")) as url:
+    pipe = scripted(GRID, delay=0.01, sampling=SAMPLING)
+    with running_server(create_app(pipe, name="tiny-random")) as url:
         yield url
 
 
@@ -93,6 +96,8 @@ def test_page_generates_images_with_live_progress(browser, server_url):
     page.wait_for_selector("#examples button")
     assert "tiny-random · 64×64 px · cpu" in page.inner_text("#model")
     assert page.is_disabled("#rerank")  # this model has no CLIP
+    controls = {name: page.input_value(f"#{name}") for name in ("temperature", "top_k", "top_p")}
+    assert controls == {"temperature": "0.8", "top_k": "6", "top_p": ""}  # the model's defaults
 
     first_example = page.inner_text("#examples button >> nth=0")
     page.click("#examples button >> nth=0")

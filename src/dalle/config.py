@@ -127,7 +127,7 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
         _check_type(f.name, str(f.type), data[f.name], source)
     try:
         return cls(**data)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # the config's own validation: name the file too
         raise ValueError(f"{source}: {e}") from None
 
 

@@ -1,9 +1,11 @@
 """The demo behind ``dalle demo`` and ``make demo``: the public training API end to end on the
 built-in shapes within a time budget. It trains the tokenizer, the dVAE, the transformer and
-CLIP, saves ``OUT/model/`` (loadable by ``dalle generate``), draws a fixed set of prompts (some
-with held-out colour-shape pairs) with CLIP reranking into ``OUT/samples.png`` and writes
-``OUT/report.json``: timings, dVAE PSNR, CLIP retrieval and the shapes checker's prompt
-fidelity with and without reranking, seen and held-out separately.
+CLIP, chooses the model's sampling defaults on captions of its own data (saved as
+``generation.json``), saves ``OUT/model/`` (loadable by ``dalle generate``), draws a fixed set
+of prompts (some with held-out colour-shape pairs) with CLIP reranking into
+``OUT/samples.png`` and writes ``OUT/report.json``: timings, dVAE PSNR, CLIP retrieval, the
+sampling choice and the shapes checker's prompt fidelity with and without reranking, seen and
+held-out separately.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dalle.config import CLIP_PRESETS, VAE_PRESETS
+from dalle.config import CLIP_PRESETS, VAE_PRESETS, to_dict
 from dalle.data import ShapesData
+from dalle.eval import fidelity_judge
 from dalle.eval.clip import shapes_retrieval
 from dalle.eval.shapes import fidelity
 from dalle.eval.vae import evaluate_vae
@@ -22,11 +25,13 @@ from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from dalle.models.vae import DiscreteVAE
 from dalle.outputs import write_generation
 from dalle.pipeline import DallePipeline
+from dalle.sampling import SamplingConfig
 from dalle.train import (
     CLIPTrainConfig,
     RunConfig,
     TransformerTrainConfig,
     VAETrainConfig,
+    choose_sampling,
     encode,
     train_clip,
     train_tokenizer,
@@ -35,19 +40,32 @@ from dalle.train import (
 )
 from dalle.train.budget import clip_steps_within, transformer_steps_within, vae_steps_within
 
-# Shares of the budget; the transformer gets what the others leave, and the final samples
-# (RERANK candidates per image, then a plain draw to compare with) get SAMPLING_SHARE.
+# Shares of the budget; the transformer gets what the others leave, choosing the sampling
+# defaults gets TUNING_SHARE and the final samples (RERANK candidates per image, then a plain
+# draw to compare with) get SAMPLING_SHARE.
 # The dVAE's steps get VAE_SHARE; its k-means codebook, data and evaluation take about 30 s
 # more. 1 200 steps already reach 97 % reconstruction fidelity (2 400: 99 %), while every
 # transformer step counts, so the dVAE's share is small.
 VAE_SHARE = 0.17
 ENCODE_PER_SECOND = 15  # images to encode per second of budget (at most 16 000)
 CLIP_SHARE = 0.08
+TUNING_SHARE = 0.03
 SAMPLING_SHARE = 0.12
 TOKENIZER_CAPTIONS = 4000
-# Sampling settings of the demo's samples (chosen on its own prompts, not the benchmark's).
-SAMPLING = {"temperature": 0.5, "cond_scale": 2.0}
-RERANK = 8
+# The model's sampling defaults (generation.json): the candidate whose images the shapes
+# checker finds right most often, TUNING_IMAGES per caption for TUNING_CAPTIONS train-split
+# captions drawn with TUNING_SEED (no training run, evaluation set or benchmark draws it).
+# Ties go to the earlier candidate.
+SAMPLING_CANDIDATES = (
+    SamplingConfig(temperature=0.5, cond_scale=2.0),
+    SamplingConfig(),  # plain sampling: what a folder without generation.json does
+    SamplingConfig(temperature=0.5, cond_scale=3.0),
+    SamplingConfig(temperature=0.7, cond_scale=2.0),
+)
+TUNING_SEED = 2_718_281
+TUNING_CAPTIONS = 16
+TUNING_IMAGES = 1
+RERANK = 8  # the samples: best of RERANK by CLIP (an override; the saved defaults do not rerank)
 PROMPTS = (
     "a large red circle in the top left",
     "a small blue square at the bottom",
@@ -97,14 +115,16 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     clock.lap("vae_s")
 
     num = min(16000, max(512, int(ENCODE_PER_SECOND * budget)))
-    print(f"[2/5] encoding {num} images with the dVAE", flush=True)
+    print(f"[2/6] encoding {num} images with the dVAE", flush=True)
     tokens = encode(vae, ShapesData(num, seed), batch_size=128)
     clock.lap("encode_s")
 
-    # The transformer gets what CLIP and the samples leave (fidelity climbs steeply with its
-    # steps). Its step-time probe runs about 5 % fast (the full loop logs and checks more).
-    seconds = 0.95 * (budget - clock.elapsed() - (CLIP_SHARE + SAMPLING_SHARE) * budget)
-    print(f"[3/5] transformer: {seconds:.0f} s", flush=True)
+    # The transformer gets what CLIP, the sampling choice and the samples leave (fidelity
+    # climbs steeply with its steps). Its step-time probe runs about 5 % fast (the full loop
+    # logs and checks more).
+    shares = CLIP_SHARE + TUNING_SHARE + SAMPLING_SHARE
+    seconds = 0.95 * (budget - clock.elapsed() - shares * budget)
+    print(f"[3/6] transformer: {seconds:.0f} s", flush=True)
     train_cfg = TransformerTrainConfig(seed=seed)
     steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg)
     train_cfg = dataclasses.replace(train_cfg, steps=steps)
@@ -114,7 +134,7 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     pipe = trained.model
     clock.lap("transformer_s")
 
-    print(f"[4/5] CLIP: {CLIP_SHARE * budget:.0f} s", flush=True)
+    print(f"[4/6] CLIP: {CLIP_SHARE * budget:.0f} s", flush=True)
     clip_cfg = dataclasses.replace(
         CLIP_PRESETS["tiny"],
         text_vocab=tokenizer.vocab_size,
@@ -128,7 +148,10 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     retrieval = shapes_retrieval(pipe.clip, tokenizer)
     clock.lap("clip_s")
 
-    print(f"[5/5] drawing {len(PROMPTS)} prompts x 4 images (best of {RERANK} each)", flush=True)
+    choice = _choose_sampling(pipe, seed)
+    clock.lap("tuning_s")
+
+    print(f"[6/6] drawing {len(PROMPTS)} prompts x 4 images (best of {RERANK} each)", flush=True)
     pipe.examples = data.examples()  # with held-out pairs, to show what it has not seen
     pipe.save_pretrained(out / "model")
     fid, fid_plain = _draw(pipe, out, seed)
@@ -143,7 +166,7 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
             "config": dataclasses.asdict(pipe.transformer.cfg),
         },
         "clip": {"steps": clip_train.steps, "retrieval": retrieval},
-        "sampling": {**SAMPLING, "rerank": RERANK},
+        "sampling": {"defaults": to_dict(pipe.sampling), "rerank": RERANK, "choice": choice},
         "fidelity": fid,
         "fidelity_without_rerank": fid_plain,
         "prompts": list(PROMPTS),
@@ -152,8 +175,9 @@ def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False
     print(
         f"done in {clock.timings['total_s']:.0f} s: dVAE {vae_report['psnr']:.1f} dB; prompt "
         f"fidelity with reranking {_pct(fid)}, without {_pct(fid_plain)}. Images: "
-        f"{out}/samples.png; model: {out}/model (try: dalle generate --model {out}/model "
-        "'a red circle' --out gen)"
+        f"{out}/samples.png; model: {out}/model, sampling by default with "
+        f"{pipe.sampling.describe()} (try: dalle generate --model {out}/model 'a red circle' "
+        "--out gen)"
     )
     return report
 
@@ -162,7 +186,7 @@ def _train_vae(
     run_dir: Path, seconds: float, seed: int, run: RunConfig
 ) -> tuple[DiscreteVAE, dict[str, Any]]:
     """The default dVAE recipe cut to ``seconds``, and its evaluation on held-out scenes."""
-    print(f"[1/5] dVAE: {seconds:.0f} s on the shapes train split", flush=True)
+    print(f"[1/6] dVAE: {seconds:.0f} s on the shapes train split", flush=True)
     data, model = ShapesData(seed=seed), VAE_PRESETS["shapes"]
     recipe = VAETrainConfig(seed=seed)
     steps = vae_steps_within(seconds * 0.95, data, recipe, model)
@@ -177,12 +201,41 @@ def _train_vae(
     }
 
 
+def _choose_sampling(pipe: DallePipeline, seed: int) -> dict:
+    """Set ``pipe.sampling`` to the best of :data:`SAMPLING_CANDIDATES` on captions of the
+    model's own data; returns what was tried, with the table."""
+    data = ShapesData(TUNING_CAPTIONS, TUNING_SEED)
+    print(
+        f"[5/6] sampling defaults: {len(SAMPLING_CANDIDATES)} candidates on "
+        f"{TUNING_CAPTIONS} captions of its own data x {TUNING_IMAGES}",
+        flush=True,
+    )
+    pipe.sampling, table = choose_sampling(
+        pipe,
+        data.captions(),
+        SAMPLING_CANDIDATES,
+        judge=fidelity_judge(data),
+        num_images=TUNING_IMAGES,
+        seed=seed,
+    )
+    for candidate, row in zip(SAMPLING_CANDIDATES, table, strict=True):
+        mark = "  <- generation.json" if candidate == pipe.sampling else ""
+        print(f"      {candidate.describe()}: {100 * row['score']:.0f} %{mark}", flush=True)
+    return {
+        "captions": TUNING_CAPTIONS,
+        "images": TUNING_IMAGES,
+        "seed": TUNING_SEED,
+        "table": table,
+    }
+
+
 def _draw(pipe: DallePipeline, out: Path, seed: int) -> tuple[dict, dict]:
     """The demo prompts, best of :data:`RERANK` by CLIP into ``out/samples/`` and
-    ``out/samples.png``, and a plain draw to compare; returns both fidelities."""
+    ``out/samples.png``, and a plain draw to compare, both with the model's sampling defaults;
+    returns both fidelities."""
     prompts = list(PROMPTS)
-    best = pipe(prompts, num_images=4, seed=seed, rerank=RERANK, **SAMPLING)
-    plain = pipe(prompts, num_images=4, seed=seed, **SAMPLING)
+    best = pipe(prompts, num_images=4, seed=seed, rerank=RERANK)
+    plain = pipe(prompts, num_images=4, seed=seed)
     (out / "samples").mkdir(exist_ok=True)
     write_generation(out / "samples", prompts, best.images, 4, seed, best.scores)
     write_bytes_atomic(out / "samples.png", (out / "samples" / "grid.png").read_bytes())

@@ -8,8 +8,10 @@ A saved pipeline is a folder::
       transformer/  config.json + model.safetensors  (dalle.models.dalle.DALLE)
       clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
       examples.json captions of the training data, to suggest as prompts (optional)
+      generation.json  the default SamplingConfig (optional: without it, plain sampling)
 
 Each part loads with strict checks; a missing or mismatched part is a one-line ``ValueError``.
+A call samples with the folder's defaults (``pipe.sampling``), any field overridden per call.
 With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
 per requested image and keep those CLIP finds closest to the prompt.
 """
@@ -21,16 +23,18 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
+from dalle.config import load_config, to_dict
 from dalle.images import tensor_to_image
 from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
-from dalle.sampling import sample_codes
+from dalle.sampling import SamplingConfig, sample_codes
 from dalle.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -38,18 +42,21 @@ VAE_DIR = "vae"
 TRANSFORMER_DIR = "transformer"
 CLIP_DIR = "clip"
 EXAMPLES_FILE = "examples.json"
+GENERATION_FILE = "generation.json"
 MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
 
 
 @dataclass
 class Generation:
     """What a pipeline call returns: ``images`` prompt-major (all of prompt 0, then prompt 1,
-    ...), each image's ``prompts`` entry, and with reranking each image's CLIP ``scores``
-    (cosine similarity to its prompt, best first within a prompt)."""
+    ...), each image's ``prompts`` entry, with reranking each image's CLIP ``scores``
+    (cosine similarity to its prompt, best first within a prompt), and the ``sampling``
+    settings the call used."""
 
     images: list[Image.Image]
     prompts: list[str]
     scores: list[float] | None = None
+    sampling: SamplingConfig | None = None
 
 
 @dataclass
@@ -59,6 +66,7 @@ class DallePipeline:
     transformer: DALLE
     clip: CLIP | None = None
     examples: list[str] = field(default_factory=list)  # prompts to suggest (``dalle serve``)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # a call's defaults
 
     def __post_init__(self) -> None:
         check_compatible(self.tokenizer, self.vae, self.transformer, self.clip)
@@ -85,10 +93,18 @@ class DallePipeline:
         transformer = DALLE.load(directory / TRANSFORMER_DIR).to(device)
         has_clip = (directory / CLIP_DIR).exists()
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
-        return cls(tokenizer, vae, transformer, clip, _read_examples(directory / EXAMPLES_FILE))
+        sampling = _read_sampling(directory / GENERATION_FILE, has_clip)
+        examples = _read_examples(directory / EXAMPLES_FILE)
+        return cls(tokenizer, vae, transformer, clip, examples, sampling)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the parts into ``directory`` (each file atomically)."""
+        """Write the parts into ``directory`` (each file atomically), the sampling defaults
+        as ``generation.json``."""
+        if self.sampling.rerank is not None and self.clip is None:
+            raise ValueError(
+                f"the sampling defaults rerank {self.sampling.rerank} candidates, but this "
+                "pipeline has no CLIP model to rerank with"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(directory / TOKENIZER_FILE)
@@ -98,6 +114,7 @@ class DallePipeline:
             self.clip.save(directory / CLIP_DIR)
         if self.examples:
             write_json_atomic(directory / EXAMPLES_FILE, {"prompts": list(self.examples)})
+        write_json_atomic(directory / GENERATION_FILE, to_dict(self.sampling))
 
     @property
     def device(self) -> torch.device:
@@ -122,11 +139,13 @@ class DallePipeline:
         seed: int = 0,
         batch_size: int = 16,
         callback: Callable[[int, int], None] | None = None,
-        **sampling,
+        sampling: SamplingConfig | None = None,
     ) -> torch.Tensor:
         """Image codes ``(len(prompts) * num_images, h*w)``, prompt-major: all images of prompt
-        0, then prompt 1, ... ``sampling``: temperature, top_k, top_p, cond_scale, prime.
+        0, then prompt 1, ... drawn with ``sampling`` (default: :attr:`sampling`; its
+        ``rerank`` is the caller's business, see :meth:`__call__`).
         ``callback(tokens_done, tokens_total)`` reports progress over all images."""
+        s = self.sampling if sampling is None else sampling
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if batch_size < 1:
@@ -147,9 +166,17 @@ class DallePipeline:
             if callback is not None:
                 step = _chunk_progress(callback, sum(map(len, chunks)), len(t), len(text))
             t = t.to(self.device)
-            chunks.append(
-                sample_codes(self.transformer, t, generator=generator, callback=step, **sampling)
+            codes = sample_codes(
+                self.transformer,
+                t,
+                generator=generator,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                cond_scale=s.cond_scale,
+                callback=step,
             )
+            chunks.append(codes)  # (rows, h*w)
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -172,47 +199,44 @@ class DallePipeline:
         i = torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
         return (t[row] * i).sum(-1).cpu()
 
+    def settings(self, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
+        """The settings a call uses: ``sampling`` (default: :attr:`sampling`, the model's) with
+        the ``overrides`` fields replaced (see :meth:`SamplingConfig.override`)."""
+        base = self.sampling if sampling is None else sampling
+        if not isinstance(base, SamplingConfig):
+            raise ValueError(f"sampling must be a SamplingConfig, got {type(base).__name__}")
+        return base.override(**overrides) if overrides else base
+
     def __call__(
         self,
         prompts: list[str] | str,
         num_images: int = 1,
         seed: int = 0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cond_scale: float = 1.0,
+        sampling: SamplingConfig | None = None,
+        *,
         batch_size: int = 16,
-        rerank: int | None = None,
         callback: Callable[[int, int], None] | None = None,
+        **overrides: Any,
     ) -> Generation:
-        """Generate ``num_images`` images per prompt. With ``rerank=N`` draw ``N * num_images``
-        candidates per prompt and keep the ``num_images`` distinct ones that CLIP scores
-        highest, best first (see :func:`best_distinct`).
+        """Generate ``num_images`` images per prompt, sampled with ``sampling`` (default: the
+        model's :attr:`sampling`, saved in its folder) and any of its fields given as keywords
+        (``temperature=0.7``, ``top_k=None``) replaced. With ``rerank=N`` draw
+        ``N * num_images`` candidates per prompt and keep the ``num_images`` distinct ones that
+        CLIP scores highest, best first (see :func:`best_distinct`).
         The same arguments (seed included) give the same images. ``callback(tokens_done,
         tokens_total)`` is called after each sampled position, counting image tokens over all
         candidates; an exception it raises stops the call."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        if rerank is not None and rerank < 1:
-            raise ValueError(f"rerank must be >= 1 candidates per image, got {rerank}")
-        if rerank is not None and self.clip is None:
+        s = self.settings(sampling, **overrides)
+        if s.rerank is not None and self.clip is None:
             raise ValueError(f"reranking needs a CLIP model: this pipeline has no {CLIP_DIR}/")
-        draws = num_images * (rerank or 1)
-        codes = self.generate_codes(
-            prompts,
-            draws,
-            seed,
-            batch_size,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            cond_scale=cond_scale,
-            callback=callback,
-        )
+        draws = num_images * (s.rerank or 1)
+        codes = self.generate_codes(prompts, draws, seed, batch_size, callback, s)
         images = self.decode(codes)  # (P * draws, C, H, W)
         per_image = [p for p in prompts for _ in range(num_images)]
-        if rerank is None:
-            return Generation([tensor_to_image(x) for x in images], per_image)
+        if s.rerank is None:
+            return Generation([tensor_to_image(x) for x in images], per_image, sampling=s)
         scores = self.score([p for p in prompts for _ in range(draws)], images)
         keep = [
             j * draws + i
@@ -222,7 +246,7 @@ class DallePipeline:
             )
         ]
         return Generation(
-            [tensor_to_image(images[i]) for i in keep], per_image, scores[keep].tolist()
+            [tensor_to_image(images[i]) for i in keep], per_image, scores[keep].tolist(), s
         )
 
 
@@ -288,6 +312,19 @@ def check_compatible(
                 f"CLIP reads {c.channels}x{c.image_size}x{c.image_size} images but the dVAE draws "
                 f"{vae.cfg.channels}x{vae.cfg.image_size}x{vae.cfg.image_size}"
             )
+
+
+def _read_sampling(path: Path, has_clip: bool) -> SamplingConfig:
+    """The sampling defaults of a ``generation.json`` (plain sampling without one)."""
+    if not path.exists():
+        return SamplingConfig()
+    sampling = load_config(SamplingConfig, path)
+    if sampling.rerank is not None and not has_clip:
+        raise ValueError(
+            f"{path}: rerank={sampling.rerank} needs a CLIP model, but {path.parent} has no "
+            f"{CLIP_DIR}/ (remove rerank from the file, or add one with dalle train-clip --model)"
+        )
+    return sampling
 
 
 def _read_examples(path: Path) -> list[str]:

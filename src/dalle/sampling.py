@@ -6,17 +6,64 @@ to DALL-E-style samplers) runs conditional and all-pad rows in one batch and mix
 ``uncond + cond_scale * (cond - uncond)``. Priming keeps the first rows of an image as given.
 With the KV cache each new code costs one position; without it, one full forward pass (the
 baseline of ``benchmarks/speed.py``). Every random draw uses the caller's generator.
+
+:class:`SamplingConfig` holds the settings that travel together (and CLIP reranking's
+candidate count): a model folder ships its defaults as ``generation.json`` (see
+``dalle.pipeline``) and a caller overrides single fields per call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dalle.models.dalle import DALLE
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw images: ``temperature`` divides the logits; ``top_k`` / ``top_p`` keep the k
+    likeliest codes / the nucleus of that mass (``None``: off); ``cond_scale`` is the
+    classifier-free guidance scale (1: off); ``rerank`` draws that many candidates per image
+    and keeps the best by CLIP (``None``: off; needs a CLIP model). The defaults are plain
+    sampling, the behaviour of a model folder without ``generation.json``."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    cond_scale: float = 1.0
+    rerank: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.temperature, self.top_k, self.top_p)
+        c = self.cond_scale
+        if not _is_number(c) or not math.isfinite(c):
+            raise ValueError(f"cond_scale must be finite, got {c!r}")
+        r = self.rerank
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise ValueError(f"rerank must be >= 1 candidates per image or None, got {r!r}")
+
+    def override(self, **fields: Any) -> SamplingConfig:
+        """A copy with the given fields replaced (``top_k=None`` turns top-k off); an unknown
+        name is a ``ValueError``."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {unknown}; expected some of {names}")
+        return dataclasses.replace(self, **fields)
+
+    def describe(self) -> str:
+        """One line: ``temperature 0.5, guidance 2, top-k off, top-p off, rerank off``."""
+        parts = [("temperature", self.temperature), ("guidance", self.cond_scale),
+                 ("top-k", self.top_k), ("top-p", self.top_p), ("rerank", self.rerank)]  # fmt: skip
+        return ", ".join(f"{name} {'off' if v is None else f'{v:g}'}" for name, v in parts)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,12 +99,18 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cond_scale: float) -> torch.
     return uncond + cond_scale * (cond - uncond)
 
 
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (math.isfinite(temperature) and temperature > 0):
+    t = temperature
+    if not _is_number(t) or not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    p = top_p
+    if p is not None and (not _is_number(p) or not 0 < p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 

@@ -5,14 +5,23 @@ model's native resolution, ``OUT/manifest.jsonl`` with one ``{"prompt", "file", 
 "index"}`` line per image (``file`` relative to OUT, ``index`` the image's number within its
 prompt; with ``--rerank`` also ``"score"``, the CLIP similarity, and images best first), and
 ``OUT/grid.png`` with one captioned row per prompt.
+
+Sampling uses the model's defaults (``MODEL/generation.json``; plain sampling without it);
+each flag given overrides one field, and ``off`` turns top-k, top-p or reranking off.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dalle.cli.common import positive_float, positive_int, seed_int
+
+OFF = "off"  # a flag value that turns an optional setting off (None in SamplingConfig)
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "cond_scale", "rerank")
 
 
 def probability(text: str) -> float:
@@ -25,12 +34,24 @@ def probability(text: str) -> float:
     return value
 
 
+def or_off(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argument type: ``off``, or a value ``parse`` accepts."""
+
+    def parse_or_off(text: str) -> Any:
+        return OFF if text.strip().lower() == OFF else parse(text)
+
+    return parse_or_off
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate images from text prompts with a trained model",
         description="Sample images for each prompt. Writes OUT/NNNN_MM.png per image, "
-        'OUT/manifest.jsonl ({"prompt", "file", "seed", "index"} per image) and OUT/grid.png.',
+        'OUT/manifest.jsonl ({"prompt", "file", "seed", "index"} per image) and OUT/grid.png. '
+        "The sampling flags default to the model's settings in MODEL/generation.json (without "
+        "that file: temperature 1, guidance 1, no top-k, top-p or reranking); each flag given "
+        "overrides one of them, and 'off' turns top-k, top-p or reranking off.",
     )
     p.add_argument("--model", type=Path, required=True, help="model folder (a run's model/)")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts")
@@ -38,15 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a file of prompts, one per line")  # fmt: skip
     p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-k", type=positive_int, help="sample from the k likeliest codes")
-    p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
+    default = " (default: MODEL/generation.json)"
+    p.add_argument("--temperature", type=positive_float, help="softmax temperature" + default)
+    p.add_argument("--top-k", type=or_off(positive_int), metavar="K|off",
+                   help="sample from the k likeliest codes" + default)  # fmt: skip
+    p.add_argument("--top-p", type=or_off(probability), metavar="P|off",
+                   help="nucleus sampling mass in (0, 1]" + default)  # fmt: skip
+    p.add_argument("--cond-scale", type=float,
+                   help="classifier-free guidance scale, 1 = off" + default)  # fmt: skip
     p.add_argument(
         "--rerank",
-        type=positive_int,
-        metavar="N",
-        help="draw N candidates per image and keep the best by CLIP (needs MODEL/clip/)",
+        type=or_off(positive_int),
+        metavar="N|off",
+        help="draw N candidates per image and keep the best by CLIP (needs MODEL/clip/)" + default,
     )
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", type=Path, required=True, help="output folder (empty unless --force)")
@@ -75,34 +100,31 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def run(args: argparse.Namespace) -> int:
-    import math
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling fields the command line gives (``off`` as ``None``); the rest stay the
+    model's."""
+    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+    return {k: None if v == OFF else v for k, v in given.items()}
 
+
+def run(args: argparse.Namespace) -> int:
     from dalle.io import prepare_output_dir
     from dalle.outputs import write_generation
     from dalle.pipeline import DallePipeline
 
     prompts = read_prompts(args)
-    if not math.isfinite(args.cond_scale):
+    if args.cond_scale is not None and not math.isfinite(args.cond_scale):
         raise ValueError(f"--cond-scale must be finite, got {args.cond_scale}")
     pipe = DallePipeline.from_pretrained(args.model)
-    if args.rerank is not None and pipe.clip is None:
+    sampling = pipe.settings(**sampling_overrides(args))
+    if sampling.rerank is not None and pipe.clip is None:
         raise ValueError(
             f"--rerank needs a CLIP model, but {args.model} has no clip/ "
             f"(add one with: dalle train-clip --model {args.model} ...)"
         )
     out = prepare_output_dir(args.out, force=args.force)
-    result = pipe(
-        prompts,
-        num_images=args.num_images,
-        seed=args.seed,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        cond_scale=args.cond_scale,
-        batch_size=args.batch_size,
-        rerank=args.rerank,
-    )
+    result = pipe(prompts, args.num_images, args.seed, sampling, batch_size=args.batch_size)
     write_generation(out, prompts, result.images, args.num_images, args.seed, result.scores)
     print(f"wrote {len(result.images)} images, manifest.jsonl and grid.png to {out}")
+    print(f"sampling: {sampling.describe()}")
     return 0

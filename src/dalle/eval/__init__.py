@@ -9,7 +9,8 @@ from typing import Any
 
 from dalle.data.sources import ImageTextData, ShapesData
 
-Judge = Callable[[Iterable[tuple[str, Any]]], dict]  # (caption, image) pairs -> fidelity report
+# (caption, image) pairs -> fidelity report, with ``overall``: the fraction shown correctly
+Judge = Callable[[Iterable[tuple[str, Any]]], dict]
 
 
 def fidelity_judge(data: ImageTextData) -> Judge | None:

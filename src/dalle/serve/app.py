@@ -8,8 +8,12 @@ Routes (the request and response bodies are in ``dalle.serve.schemas`` and ``/op
 - ``POST /v1/generate/stream``: the same body, answered with server-sent events: ``queued``
   (``{ahead, total}``), ``progress`` (``{done, total}`` image tokens, at most one per percent),
   then ``result`` (the JSON above) or ``error`` (``{status, detail}``);
-- ``GET /v1/health``, ``GET /v1/model``, ``GET /v1/examples`` (captions from the
-  model's own training data, saved in its folder; none for a folder without them).
+- ``GET /v1/health``, ``GET /v1/model`` (configs, limits and the model's sampling defaults),
+  ``GET /v1/examples`` (captions from the model's own training data, saved in its folder; none
+  for a folder without them).
+
+A request's sampling fields override the model's defaults (``pipeline.sampling``, from its
+``generation.json``) one by one; the fields it leaves out keep them.
 
 Generation runs on the worker of ``dalle.serve.worker``. Every error answer is
 ``{detail, field?}``: 413 for a body over ``MAX_BODY_BYTES``, 422 for a bad request (naming the
@@ -27,6 +31,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from importlib.resources import files
 from typing import Any
 
@@ -38,6 +43,7 @@ from dalle import __version__
 from dalle.config import to_dict
 from dalle.images import png_bytes
 from dalle.pipeline import DallePipeline
+from dalle.sampling import SamplingConfig
 from dalle.serve.schemas import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
@@ -55,6 +61,7 @@ from dalle.serve.worker import GenerationQueue, Job, JobCancelled, JobTimeout, P
 
 log = logging.getLogger("dalle.serve")
 GRACE_S = 5.0  # past a job's deadline, the request stops waiting for a worker that is stuck
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingConfig))
 KEEPALIVE_S = 15.0  # an SSE comment this often while a streamed job waits in the queue
 # A request body is a prompt of at most MAX_PROMPT_CHARS (12 bytes each, JSON-escaped at worst)
 # and a few numbers; a larger one is refused before it is read whole.
@@ -192,13 +199,24 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
 
-    def admit(req: GenerateRequest, on_progress: Progress | None = None) -> Job:
-        """Check what pydantic cannot, then queue the job (ApiError 422 or 429)."""
-        if req.rerank is not None and pipeline.clip is None:
+    def settings(req: GenerateRequest) -> SamplingConfig:
+        """The model's sampling defaults with the fields the request gives (ApiError 422)."""
+        given = {k: getattr(req, k) for k in SAMPLING_FIELDS if k in req.model_fields_set}
+        try:
+            sampling = pipeline.settings(**given)
+        except ValueError as e:
+            raise ApiError(422, str(e).splitlines()[0]) from None
+        if sampling.rerank is not None and pipeline.clip is None:
             raise ApiError(422, "rerank: this model has no CLIP (clip/) to rerank with", "rerank")
+        return sampling
+
+    def admit(
+        req: GenerateRequest, sampling: SamplingConfig, on_progress: Progress | None = None
+    ) -> Job:
+        """Queue the job (ApiError 429 when the queue is full)."""
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
         try:
-            job = jobs.submit(_generate(pipeline, req, seed), on_progress)
+            job = jobs.submit(_generate(pipeline, req, sampling, seed), on_progress)
         except QueueFull as e:
             raise ApiError(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
         return job
@@ -230,6 +248,7 @@ def create_app(
             vae=to_dict(vae_cfg),
             transformer=to_dict(pipeline.transformer.cfg),
             clip=None if clip is None else to_dict(clip.cfg),
+            sampling=to_dict(pipeline.sampling),
             limits={
                 "max_images": MAX_IMAGES,
                 "max_rerank": MAX_RERANK,
@@ -252,7 +271,7 @@ def create_app(
     )
     async def generate(req: GenerateRequest) -> GenerateResponse:
         """Generate ``num_images`` images for ``prompt`` and answer when all are done."""
-        job = admit(req)
+        job = admit(req, settings(req))
         try:
             fut = asyncio.wrap_future(job.future)
             return await asyncio.wait_for(asyncio.shield(fut), job.timeout_s + GRACE_S)
@@ -286,9 +305,10 @@ def create_app(
         def send(item: tuple[int, int] | None) -> None:  # from the worker thread
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        job = admit(req, _throttled(lambda done, total: send((done, total))))
+        sampling = settings(req)
+        job = admit(req, sampling, _throttled(lambda done, total: send((done, total))))
         job.future.add_done_callback(lambda _: send(None))
-        total = req.num_images * (req.rerank or 1) * pipeline.transformer.cfg.image_len
+        total = req.num_images * (sampling.rerank or 1) * pipeline.transformer.cfg.image_len
         return StreamingResponse(
             _stream(job, events, total),
             media_type="text/event-stream",
@@ -342,7 +362,7 @@ def _throttled(send: Callable[[int, int], Any]) -> Progress:
 
 
 def _generate(
-    pipeline: DallePipeline, req: GenerateRequest, seed: int
+    pipeline: DallePipeline, req: GenerateRequest, sampling: SamplingConfig, seed: int
 ) -> Callable[[Progress], GenerateResponse]:
     """The job for one request: sample, encode PNGs (on the worker, off the event loop)."""
     admitted = time.monotonic()
@@ -352,11 +372,7 @@ def _generate(
             req.prompt,
             num_images=req.num_images,
             seed=seed,
-            temperature=req.temperature,
-            top_k=req.top_k,
-            top_p=req.top_p,
-            cond_scale=req.cond_scale,
-            rerank=req.rerank,
+            sampling=sampling,
             callback=progress,
         )
         images = [

@@ -2,6 +2,9 @@
 
 The request model is strict (no unknown fields, no strings for numbers, no booleans for
 integers), so a typo or a wrong type is a 422 naming the field rather than a silent default.
+A sampling field the request leaves out takes the model's default (its ``generation.json``,
+shown by ``GET /v1/model``); one it gives overrides it, and ``null`` turns ``top_k``,
+``top_p`` or ``rerank`` off.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
 
 
+MODEL_DEFAULT = "; omitted: the model's default (GET /v1/model)"
+
+
 class GenerateRequest(BaseModel):
-    """What to draw and how to sample it (see ``dalle.sampling``)."""
+    """What to draw and how to sample it (see ``dalle.sampling.SamplingConfig``); the sampling
+    fields left out take the model's defaults."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -30,17 +37,29 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="reproduces the images; omitted: the server draws one"
     )
-    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
-    top_k: int | None = Field(None, ge=1, description="sample from the k likeliest codes")
-    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass")
+    # A default of None stands for "not given": app.py reads the fields the request set.
+    temperature: float = Field(
+        None, gt=0, le=10, allow_inf_nan=False, description="softmax temperature" + MODEL_DEFAULT
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="sample from the k likeliest codes; null: off" + MODEL_DEFAULT
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="nucleus sampling mass; null: off" + MODEL_DEFAULT
+    )
     cond_scale: float = Field(
-        1.0, ge=0, le=20, allow_inf_nan=False, description="classifier-free guidance (1 = off)"
+        None,
+        ge=0,
+        le=20,
+        allow_inf_nan=False,
+        description="classifier-free guidance (1 = off)" + MODEL_DEFAULT,
     )
     rerank: int | None = Field(
         None,
         ge=1,
         le=MAX_RERANK,
-        description="draw this many candidates per image, keep the best by CLIP (needs clip/)",
+        description="draw this many candidates per image, keep the best by CLIP (needs clip/); "
+        "null: off" + MODEL_DEFAULT,
     )
 
     @field_validator("prompt")
@@ -94,6 +113,10 @@ class ModelInfo(BaseModel):
     vae: dict[str, Any]
     transformer: dict[str, Any]
     clip: dict[str, Any] | None
+    sampling: dict[str, Any] = Field(
+        description="the model's sampling defaults (its generation.json), used for the fields "
+        "a request leaves out"
+    )
     limits: dict[str, Any]
 
 

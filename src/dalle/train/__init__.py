@@ -14,6 +14,8 @@ and returning the trained component with its run folder (:class:`Trained`)::
 
 Configs are in :mod:`dalle.train.config`; the generic loop under every stage (AdamW, schedule,
 accumulation, precision, EMA, checkpoints, exact resume, DDP) is :mod:`dalle.train.loop`.
+:func:`choose_sampling` picks the sampling defaults a model ships with (``generation.json``)
+on captions of its own data.
 """
 
 from dalle.train.clip import train_clip
@@ -28,6 +30,7 @@ from dalle.train.config import (
 )
 from dalle.train.dalle import train_transformer
 from dalle.train.run import Trained
+from dalle.train.sampling import choose_sampling
 from dalle.train.tokens import encode, train_tokenizer
 from dalle.train.vae import train_vae
 
@@ -40,6 +43,7 @@ __all__ = [
     "Trained",
     "TransformerTrainConfig",
     "VAETrainConfig",
+    "choose_sampling",
     "encode",
     "train_clip",
     "train_tokenizer",
