@@ -93,10 +93,13 @@ def test_attention_follows_mask():
 
 
 @pytest.mark.parametrize(
-    "attention", [(k, k) for k in KINDS] + [("row", "column"), ("full", "conv")]
+    ("attention", "alibi"),
+    [((k, k), False) for k in KINDS]
+    + [(("row", "column"), False), (("full", "conv"), False)]
+    + [(("full", "full"), True), (("row", "conv"), True)],
 )
-def test_cached_logits_equal_full_forward(attention):
-    model = model_for(attention=attention)
+def test_cached_logits_equal_full_forward(attention, alibi):
+    model = model_for(attention=attention, text_alibi=alibi)
     cfg = model.cfg
     text, image = batch(cfg)
     full = model(text, image)  # (B, L, V)
@@ -109,6 +112,49 @@ def test_cached_logits_equal_full_forward(attention):
     got = model.prefill(text, cache, image[:, :4])
     torch.testing.assert_close(got, image_full[:, 4], atol=1e-5, rtol=0)
     assert cache.pos == cfg.text_len + 4
+
+
+def test_text_alibi_attention_matches_a_hand_computation():
+    """Caption queries add -m_h * (q - k) to their scores over caption keys, m_h = 2^(-8h/H);
+    image queries are the plain model's: checked against one head computed by hand."""
+    cfg = dataclasses.replace(TINY, attention=("full", "full"), text_alibi=True, heads=4)
+    torch.manual_seed(0)
+    tr = Transformer(cfg).eval()
+    x = torch.randn(1, cfg.seq_len, cfg.dim)
+    layer = tr.layers[0]
+    h = layer.norm1(x)
+    q, k, v = layer.attn.qkv(h).split(cfg.dim, dim=-1)
+    d = cfg.head_dim
+    outs = []
+    for head in range(cfg.heads):
+        qh, kh, vh = (z[0, :, head * d : (head + 1) * d] for z in (q, k, v))
+        scores = qh @ kh.t() / math.sqrt(d)
+        slope = 2.0 ** (-8.0 * (head + 1) / cfg.heads)
+        for i in range(cfg.seq_len):
+            for j in range(cfg.seq_len):
+                if j > i:
+                    scores[i, j] = -math.inf
+                elif i < cfg.text_len and j < cfg.text_len:
+                    scores[i, j] -= slope * (i - j)
+        outs.append(torch.softmax(scores, -1) @ vh)
+    want = layer.attn.proj(torch.cat(outs, -1))
+    mask = tr.mask("full")[..., : cfg.seq_len, : cfg.seq_len]
+    got = layer.attn(h, mask)[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    plain = Transformer(dataclasses.replace(cfg, text_alibi=False))
+    plain.load_state_dict(tr.state_dict())
+    image_rows = slice(cfg.text_len, None)  # image queries see no bias: the plain model's rows
+    y_plain = plain.layers[0].attn(h, plain.mask("full"))[0]
+    torch.testing.assert_close(got[image_rows], y_plain[image_rows], atol=1e-6, rtol=0)
+
+
+def test_config_saved_before_a_field_was_added_loads_with_its_default():
+    saved = to_dict(TINY)
+    del saved["text_alibi"]  # a transformer/config.json written before the option existed
+    assert from_dict(TransformerConfig, saved) == TINY
+    del saved["dim"]  # but every original field is still required
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['dim'\]"):
+        from_dict(TransformerConfig, saved)
 
 
 def test_transformer_chunks_with_cache():

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C")
 
@@ -120,11 +120,14 @@ def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}")
-    missing = sorted(names - set(data))  # a saved config states every field
+    # A saved config states every field, except those added after it was written (a class's
+    # ``ADDED_FIELDS``), which take their defaults: the behaviour of the code that saved it.
+    missing = sorted(names - set(data) - set(getattr(cls, "ADDED_FIELDS", ())))
     if missing:
         raise ValueError(f"{source}: missing field(s) {missing} for {cls.__name__}")
     for f in fields(cls):  # type: ignore[arg-type]
-        _check_type(f.name, str(f.type), data[f.name], source)
+        if f.name in data:
+            _check_type(f.name, str(f.type), data[f.name], source)
     try:
         return cls(**data)
     except (TypeError, ValueError) as e:  # the config's own validation: name the file too
@@ -205,6 +208,12 @@ class TransformerConfig:
     dropout: float = 0.0
     attention: tuple[str, ...] | None = None
     conv_kernel: int = 5
+    # ALiBi (Press et al. 2022) on caption-to-caption attention: head h adds -m_h * distance to
+    # the score of an earlier caption token (m_h = 2^(-8h/heads)), so a word gathers the words
+    # of its own phrase first. Image queries are unaffected.
+    text_alibi: bool = False
+
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("text_alibi",)  # older folders lack them
 
     def __post_init__(self) -> None:
         _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")

@@ -59,6 +59,17 @@ def attention_mask(
     return torch.where(q >= text_len, image_query, causal)
 
 
+def text_alibi_bias(heads: int, text_len: int, seq_len: int) -> torch.Tensor:
+    """``(heads, seq_len, seq_len)`` additive attention bias: ``-m_h * (q - k)`` where query q
+    and key k are both caption positions (``< text_len``), 0 elsewhere; the slopes
+    ``m_h = 2^(-8 h / heads)``, h = 1 .. heads, are ALiBi's (Press et al. 2022)."""
+    slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)  # (H,)
+    pos = torch.arange(seq_len)
+    distance = (pos[:, None] - pos[None, :]).clamp_min(0).float()  # (T, T), 0 for later keys
+    text = (pos[:, None] < text_len) & (pos[None, :] < text_len)
+    return -slopes[:, None, None] * (distance * text)
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer, preallocated: ``k``, ``v`` are
@@ -192,10 +203,15 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         for kind in sorted(set(cfg.attention)):
             mask = attention_mask(kind, cfg.text_len, cfg.image_grid, cfg.conv_kernel)
+            if cfg.text_alibi:  # (heads, T, T) additive: -inf where masked, ALiBi on text
+                mask = text_alibi_bias(cfg.heads, cfg.text_len, len(mask)).masked_fill(
+                    ~mask, float("-inf")
+                )
             self.register_buffer(f"mask_{kind}", mask, persistent=False)
 
     def mask(self, kind: str) -> torch.Tensor:
-        """The ``(seq_len, seq_len)`` bool mask of ``kind``."""
+        """The ``(seq_len, seq_len)`` bool mask of ``kind``; with ``text_alibi`` the additive
+        ``(heads, seq_len, seq_len)`` float mask (``-inf`` where the bool one is False)."""
         return getattr(self, f"mask_{kind}")
 
     def forward(
@@ -219,12 +235,14 @@ class Transformer(nn.Module):
             raise ValueError(f"positions [{start}, {end}) exceed seq_len {self.cfg.seq_len}")
         if cache is not None:
             self._check_cache(cache, b, start, end)
+        # ALiBi biases caption queries only: image queries need no more than the bool mask.
+        plain = not self.cfg.text_alibi or start >= self.cfg.text_len
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            full = layer.kind == "full"
+            full = layer.kind == "full" and plain
             causal = full and start == 0  # the square causal mask: fused kernels skip reading it
             # One new query under full attention sees every key so far: no mask at all.
-            mask = None if full and t == 1 else self.mask(layer.kind)[start:end, :end]  # (T, S)
+            mask = None if full and t == 1 else self.mask(layer.kind)[..., start:end, :end]
             x = layer(x, mask, kv, start, causal)
         if cache is not None:
             cache.pos = end
