@@ -23,7 +23,6 @@ import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from bad_images import BAD_IMAGES, GREY16, ODD_IMAGES
 from dalle.cli import main
 from dalle.data.folder import ImageFolderDataset
 from dalle.data.tokens import TokenSet, encode_pairs
@@ -53,46 +52,6 @@ class Case:
     argv: str
     error: str
     setup: Setup | None = None
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height`` pixels and holds almost no data (a bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def _image_bytes(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-_RGB = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
-_GREY16 = Image.fromarray((np.arange(2000, dtype=np.uint16).reshape(40, 50) * 32) + 100)
-BAD_IMAGES = {  # name -> bytes: none of these is a readable image
-    "zero.png": b"",
-    "truncated.png": _image_bytes(_RGB, "PNG")[:300],
-    "truncated.jpg": _image_bytes(_RGB, "JPEG")[:300],
-    "text.png": b"not an image\n",
-    "bomb.png": _png_header(100_000, 100_000),  # 10^10 pixels
-    "huge.png": _png_header(9000, 9000),  # over our 8192^2 limit, under Pillow's
-}
-ODD_IMAGES = {  # name -> bytes: unusual modes that must load as RGB
-    "cmyk.jpg": _image_bytes(_RGB.convert("CMYK"), "JPEG"),
-    "grey.png": _image_bytes(_RGB.convert("L"), "PNG"),
-    "grey16.png": _image_bytes(_GREY16, "PNG"),
-    "grey-alpha.png": _image_bytes(_RGB.convert("LA"), "PNG"),
-    "rgba.png": _image_bytes(_RGB.convert("RGBA"), "PNG"),
-    "palette-alpha.png": _image_bytes(_RGB.convert("P"), "PNG", transparency=0),
-}
 
 
 def _folder(root: Path, images: dict[str, bytes], caption: bytes = b"a red circle\n") -> None:
@@ -411,6 +370,46 @@ CASES: dict[str, Case] = {
         r"prompt file {tmp}/p\.txt is not UTF-8 text \(byte 0\)",
         write("p.txt", b"\xff\xfe a red circle\n"),
     ),
+    # image completion: the picture and the rows to keep (the model has 4 code rows)
+    **{
+        f"generate: --image {name}": Case(
+            f"generate --model {{model}} --image {{bad_images}}/{name} --out {{tmp}}/out",
+            "{bad_images}/" + re.escape(name) + ": ",
+        )
+        for name in BAD_IMAGES
+    },
+    "generate: --image missing": Case(
+        "generate --model {model} --image {tmp}/nope.png --out {tmp}/out",
+        r"--image {tmp}/nope\.png does not exist \(expected an image file\)",
+    ),
+    "generate: --image a folder": Case(
+        "generate --model {model} --image {model} 'a red circle' --out {tmp}/out",
+        r"--image {model} is a folder",
+    ),
+    "generate: --keep-rows 5 of 4": Case(
+        "generate --model {model} --image {odd_images}/rgba.png --keep-rows 5 --out {tmp}/out",
+        r"--keep-rows: keep_rows must be 0\.\.4 code rows \(an int\) or a fraction",
+    ),
+    "generate: --keep-rows -1": Case(
+        "generate --model {model} --image {odd_images}/rgba.png --keep-rows -1 --out {tmp}/out",
+        r"argument --keep-rows: expected an integer number of code rows >= 0 or a fraction",
+    ),
+    "generate: --keep-rows 1.5": Case(
+        "generate --model {model} --image {odd_images}/rgba.png --keep-rows 1.5 --out {tmp}/out",
+        r"argument --keep-rows: expected .* a fraction in \[0, 1\] such as 0\.5, got 1\.5",
+    ),
+    "generate: --keep-rows nan": Case(
+        "generate --model {model} --image {odd_images}/rgba.png --keep-rows nan --out {tmp}/out",
+        r"argument --keep-rows: expected .*, got nan",
+    ),
+    "generate: --keep-rows half": Case(
+        "generate --model {model} --image {odd_images}/rgba.png --keep-rows half --out {tmp}/out",
+        r"argument --keep-rows: expected .*, got 'half'",
+    ),
+    "generate: --keep-rows without --image": Case(
+        "generate --model {model} 'a red circle' --keep-rows 2 --out {tmp}/out",
+        r"--keep-rows needs --image",
+    ),
     "tokenizer encode: whitespace TEXT": Case(
         "tokenizer encode --tokenizer {model}/tokenizer.json 'a red circle' '  '",
         r"TEXT 2 is empty \(expected a caption\)",
@@ -702,6 +701,9 @@ ACCEPTED = {  # odd inputs that are valid: the command works and its output is c
     "generate: a 10 000-character prompt": "generate --model {model} {long} --out {tmp}/out",
     "generate: undecodable bytes in a prompt": "generate --model {model} {bytes} --out {tmp}/out",
     "generate: --temperature 1e-300 (greedy)": GEN + " --temperature 1e-300",
+    "generate: --image RGBA, no prompt (variations)": "generate --model {model} --image "
+    "{odd_images}/rgba.png --num-images 2 --out {tmp}/out",
+    "generate: --image CMYK, keep all": GEN + " --image {odd_images}/cmyk.jpg --keep-rows 1.0",
     "tokenizer encode: a 10 000-character TEXT": "tokenizer encode --tokenizer "
     "{model}/tokenizer.json {long}",
     "encode: CMYK, grey, 16-bit, alpha, palette images": ENCODE,
@@ -740,7 +742,7 @@ def test_odd_image_modes_load_as_rgb_with_their_brightness(world, name):
     assert image.mode == "RGB" and image.size == (50, 40)
     mean = np.asarray(image).mean()
     if name == "grey16.png":  # 100 .. 64 068 of 65 535 -> about 0 .. 250, not all white
-        expected = (np.asarray(_GREY16, dtype=np.float64) / 257).mean()
+        expected = (np.asarray(GREY16, dtype=np.float64) / 257).mean()
         assert abs(mean - expected) < 1.0
     else:
         assert 60 < mean < 200  # random pixels, alpha dropped, not a black or white sheet
@@ -786,6 +788,58 @@ API: dict[str, tuple[Api, str]] = {  # a call on bad input -> its ValueError (a 
     "pipeline: cond_scale nan": (
         lambda w, pipe: pipe("a", cond_scale=float("nan")),
         "cond_scale must be finite",
+    ),
+    "pipeline: an empty prompt without an image": (lambda w, pipe: pipe(""), "prompt 1 is empty"),
+    "pipeline: keep_rows without an image": (
+        lambda w, pipe: pipe("a", keep_rows=2),
+        "keep_rows=2 needs an image",
+    ),
+    **{
+        f"pipeline: keep_rows {k!r}": (
+            lambda w, pipe, k=k: pipe("a", image=w["odd_images"] / "rgba.png", keep_rows=k),
+            r"keep_rows must be 0\.\.4 code rows \(an int\) or a fraction of the image height "
+            r"in \[0, 1\] \(a float\), got " + re.escape(repr(k)),
+        )
+        for k in (5, -1, 1.5, -0.1, float("nan"), True, "2")
+    },
+    **{
+        f"pipeline: image {name}": (
+            lambda w, pipe, name=name: pipe("a", image=w["bad_images"] / name),
+            "{bad_images}/" + re.escape(name) + ": ",
+        )
+        for name in BAD_IMAGES
+    },
+    "pipeline: image a number": (
+        lambda w, pipe: pipe("a", image=42),
+        "expected an image as a PIL image, a path, an array .* or a tensor .*, got int",
+    ),
+    "pipeline: image bytes": (
+        lambda w, pipe: pipe("a", image=b"\x89PNG"),
+        "expected an image as .*, got bytes",
+    ),
+    "pipeline: image a 1-D array": (
+        lambda w, pipe: pipe("a", image=np.zeros(5, np.uint8)),
+        r"expected an image array \(H, W\) or \(H, W, 3\|4\), got \(5,\)",
+    ),
+    "pipeline: image an empty array": (
+        lambda w, pipe: pipe("a", image=np.zeros((0, 4, 3), np.uint8)),
+        r"expected an image array .*, got \(0, 4, 3\)",
+    ),
+    "pipeline: image floats over 1": (
+        lambda w, pipe: pipe("a", image=np.full((8, 8, 3), 2.0)),
+        r"expected float image values in \[0, 1\], got \[2, 2\]",
+    ),
+    "pipeline: image nan": (
+        lambda w, pipe: pipe("a", image=torch.full((3, 8, 8), float("nan"))),
+        r"expected float image values in \[0, 1\], got \[nan, nan\]",
+    ),
+    "pipeline: image int64": (
+        lambda w, pipe: pipe("a", image=np.zeros((8, 8, 3), np.int64)),
+        "expected a uint8 or float image array, got dtype int64",
+    ),
+    "pipeline: image a batch of 2": (
+        lambda w, pipe: pipe("a", image=torch.rand(2, 3, 8, 8)),
+        r"expected an image tensor \(C, H, W\) with C 1, 3 or 4, got \(2, 3, 8, 8\)",
     ),
     "Tokenizer.train: vocab_size 10^12": (
         lambda w, pipe: Tokenizer.train(["a red circle"], 10**12),

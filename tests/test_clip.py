@@ -182,6 +182,24 @@ def test_rerank_keeps_the_best_candidates_in_order(pipeline_dir):
         pipe(prompts, rerank=0)
 
 
+def test_a_variation_is_reranked_by_similarity_to_its_source(pipeline_dir):
+    pipe = DallePipeline.from_pretrained(pipeline_dir)
+    torch.manual_seed(1)
+    pipe.clip = CLIP(dataclasses.replace(TINY, text_vocab=pipe.tokenizer.vocab_size)).eval()
+    source = make_sample(0, "train", 5).image
+    prompts = ["", "a red circle"]  # a variation, and a completion under a caption
+    out = pipe(prompts, num_images=2, seed=5, rerank=3, image=source, keep_rows=2)
+    # Independently: the same 6 candidates per prompt; the variation's scored against the
+    # source by CLIP's image tower, the caption's against the caption.
+    pixels = torch.from_numpy(np.asarray(source).copy()).permute(2, 0, 1)[None] / 255
+    codes = pipe.vae.encode(pixels)
+    images = pipe.decode(pipe.generate_codes(prompts, 6, seed=5, prime=codes[:, :8]))
+    to_source = pipe.clip.encode_image(images[:6]) @ pipe.clip.encode_image(pixels)[0]
+    to_caption = pipe.score([prompts[1]] * 6, images[6:])
+    best = torch.stack([to_source, to_caption]).sort(dim=1, descending=True).values[:, :2]
+    assert out.scores == pytest.approx(best.flatten().tolist(), abs=1e-5)
+
+
 def test_best_distinct_takes_each_image_once_before_repeating():
     from dalle.pipeline import best_distinct
 

@@ -1,6 +1,6 @@
 """Property tests (Hypothesis) for what reads untrusted input: the tokenizer on any Unicode, the
-shapes prompt parser and the prompt-file reader on any text or bytes, and the image loaders on
-random and mutated files. Each either works or raises the documented one-line ``ValueError``.
+shapes prompt parser and the prompt-file reader on any text or bytes, and the image loaders (and
+``dalle serve``'s upload decoder) on random and mutated files. Each either works or raises the documented one-line ``ValueError``.
 
 ``tests/test_tokenizer.py`` already checks that fixed-length ``encode`` never crashes; these add
 untruncated round trips of long text, batches, and decoding arbitrary ids.
@@ -123,7 +123,7 @@ def test_formatted_prompts_parse_back_through_case_spacing_and_a_period(specs, d
 def test_a_prompt_file_of_any_bytes_reads_or_is_refused_naming_it(scratch, content):
     path = scratch / "prompts.txt"
     path.write_bytes(content)
-    args = argparse.Namespace(prompts=[], prompt_file=path)
+    args = argparse.Namespace(prompts=[], prompt_file=path, image=None)
     try:
         prompts = read_prompts(args)
     except ValueError as e:
@@ -220,3 +220,22 @@ def test_the_shapes_checker_reads_any_array_or_refuses_it(shape, dtype, seed):
         assert str(e).startswith("expected a uint8 array (H, W, 3)"), e
         return
     assert isinstance(found, list)
+
+
+@FUZZ
+@given(content=st.binary(max_size=2000) | MUTATED)
+def test_an_uploaded_picture_decodes_or_is_refused_in_one_line(content):
+    """What ``dalle serve`` does with a base64 ``image``: an RGB picture, or a ValueError that
+    names the field (the app's 422), never another exception."""
+    import base64
+
+    from dalle.serve.uploads import decode_image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = decode_image(base64.b64encode(content).decode("ascii"))
+    except ValueError as e:
+        assert str(e).startswith("image: ") and "\n" not in str(e), e
+        return
+    assert image.mode == "RGB" and image.width >= 1 and image.height >= 1

@@ -15,13 +15,15 @@ from PIL import Image
 
 from dalle.cli import main
 from dalle.config import VAEConfig
+from dalle.data.folder import ImageFolderDataset
 from dalle.data.shapes import make_sample
 from dalle.data.tokens import TokenSet
-from dalle.images import image_to_tensor
+from dalle.images import image_to_tensor, png_bytes, tensor_to_image
 from dalle.models.folder import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
-from dalle.sampling import SamplingConfig
+from dalle.sampling import SamplingConfig, sample_codes
+from dalle.train.dalle import caption_dropout
 
 VAE = VAEConfig(image_size=64, downsample=8, vocab_size=32, n_hid=8, n_init=16)
 
@@ -328,3 +330,125 @@ def test_example_prompts_travel_with_the_model_folder(trained, tmp_path):
     (tmp_path / "m" / "examples.json").write_text('{"prompts": ["ok", 3]}')
     with pytest.raises(ValueError, match="examples.json: expected"):
         DallePipeline.from_pretrained(tmp_path / "m")
+
+
+# ----- image completion and variations (a tiny random pipeline of 8x8 codes) -----
+
+GRID = 8
+PROMPTS = ["a red circle", "a small blue square at the bottom"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DallePipeline:
+    from serve_fixtures import tiny_parts
+
+    return DallePipeline(*tiny_parts(GRID))
+
+
+def picture(i: int = 3) -> Image.Image:
+    return make_sample(0, "holdout", i).image  # 64 px, the model's size
+
+
+def pixel_bytes(images: list[Image.Image]) -> list[bytes]:
+    return [im.tobytes() for im in images]
+
+
+def test_completion_keeps_the_rows_bit_exact(tiny):
+    codes = torch.cat([tiny.encode_image(picture(i))[1] for i in (1, 2)])  # (2, 64)
+    for rows in (1, 3, 7):
+        k = rows * GRID
+        # One prime for both prompts, then one per prompt; chunks of 4 cut through a prompt.
+        got = tiny.generate_codes(PROMPTS, 3, seed=2, batch_size=4, prime=codes[:1, :k])
+        assert torch.equal(got[:, :k], codes[:1, :k].expand(6, -1))
+        got = tiny.generate_codes(PROMPTS, 3, seed=2, batch_size=4, prime=codes[:, :k])
+        assert torch.equal(got[:, :k], codes[:, :k].repeat_interleave(3, dim=0))
+        assert len({tuple(row) for row in got[:, k:].tolist()}) > 1  # the rest is sampled
+    # Against the sampler itself: one chunk draws what sample_codes draws with that prime.
+    text = tiny.encode_prompts(PROMPTS).repeat_interleave(3, dim=0)
+    prime = codes[:, : 3 * GRID].repeat_interleave(3, dim=0)
+    want = sample_codes(tiny.transformer, text, generator=torch.Generator().manual_seed(5),
+                        prime=prime)  # fmt: skip
+    assert torch.equal(tiny.generate_codes(PROMPTS, 3, seed=5, prime=codes[:, : 3 * GRID]), want)
+    # The call with an image returns those codes' images.
+    out = tiny(PROMPTS, 2, seed=1, image=picture(1), keep_rows=3)
+    codes = tiny.generate_codes(PROMPTS, 2, seed=1, prime=codes[:1, : 3 * GRID])
+    assert out.keep_rows == 3 and out.prompts == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
+    assert pixel_bytes(out.images) == [tensor_to_image(x).tobytes() for x in tiny.decode(codes)]
+
+
+def test_keeping_no_rows_is_plain_text_to_image(tiny):
+    plain = pixel_bytes(tiny(PROMPTS, 2, seed=4).images)
+    for zero in (0, 0.0, 0.05):  # 0.05 of 8 rows rounds to 0
+        out = tiny(PROMPTS, 2, seed=4, image=picture(), keep_rows=zero)
+        assert out.keep_rows == 0 and pixel_bytes(out.images) == plain
+
+
+def test_keeping_every_row_returns_the_reconstruction(tiny):
+    pixels = image_to_tensor(picture())[None]
+    want = tensor_to_image(tiny.vae.decode(tiny.vae.encode(pixels))[0]).tobytes()
+    for every in (GRID, 1.0, 0.95):
+        out = tiny([PROMPTS[0], ""], 2, seed=4, image=picture(), keep_rows=every)
+        assert out.keep_rows == GRID and pixel_bytes(out.images) == [want] * 4
+        assert out.reconstruction.tobytes() == want and out.source.tobytes() == picture().tobytes()
+
+
+def test_pictures_are_read_as_training_folders_read_them(tiny, tmp_path):
+    rgba = picture(5).resize((100, 80), Image.NEAREST).convert("RGBA")  # not square, not 64 px
+    rgba.putalpha(90)  # alpha is dropped, as training folders drop it
+    (tmp_path / "data").mkdir()
+    rgba.save(tmp_path / "data" / "a.png")
+    (tmp_path / "data" / "a.txt").write_text("a caption\n")
+    want = ImageFolderDataset(tmp_path / "data", 64)[0]["image"]
+    array = np.asarray(rgba)
+    chw = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    given = [tmp_path / "data" / "a.png", str(tmp_path / "data" / "a.png"), rgba, array,
+             array.astype(np.float32) / 255, chw, chw[None].double() / 255]  # fmt: skip
+    for image in given:
+        pixels, codes = tiny.encode_image(image)
+        assert torch.equal(pixels[0], want) and codes.shape == (1, GRID * GRID)
+
+
+@pytest.mark.parametrize(
+    "keep, rows",
+    [(None, 4), (0.5, 4), (1 / 16, 1), (3 / 16, 2), (0.3, 2), (0.99, 8), (np.int64(3), 3),
+     (np.float32(0.25), 2), (8, 8)],
+)  # fmt: skip
+def test_keep_rows_as_rows_or_a_fraction_rounded_halves_up(tiny, keep, rows):
+    assert tiny.rows_kept(keep) == rows
+
+
+def test_variations_and_seeds(tiny):
+    a = tiny("", 3, seed=7, image=picture())  # the empty caption, the top half kept
+    assert a.prompts == [""] * 3 and a.keep_rows == GRID // 2 and len(a.images) == 3
+    assert pixel_bytes(tiny("", 3, seed=7, image=picture()).images) == pixel_bytes(a.images)
+    assert pixel_bytes(tiny("", 3, seed=8, image=picture()).images) != pixel_bytes(a.images)
+    own = tiny(make_sample(0, "holdout", 3).caption, 3, seed=7, image=picture())  # or its own
+    assert own.keep_rows == GRID // 2 and len(own.images) == 3
+    # The empty caption is the all-pad one that caption dropout trains for guidance.
+    empty = tiny.encode_prompts(["", " ", "a red circle"], allow_empty=True)
+    assert torch.equal(empty[:2], caption_dropout(empty[:2], 1.0)) and empty[2].any()
+    assert torch.equal(empty[2], tiny.encode_prompts(["a red circle"])[0])
+
+
+def test_generate_completes_a_picture(tiny, tmp_path, capsys):
+    tiny.save_pretrained(tmp_path / "m")
+    picture(2).resize((100, 80)).save(tmp_path / "src.png")
+    out = tmp_path / "gen"
+    argv = ["generate", "--model", str(tmp_path / "m"), "--image", str(tmp_path / "src.png")]
+    argv += ["--keep-rows", "0.5", PROMPTS[0], "", "--num-images", "2", "--seed", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "kept the top 4 of 8 code rows" in capsys.readouterr().out
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(x["prompt"], x["index"], x["keep_rows"]) for x in lines] == [
+        (PROMPTS[0], 0, 4), (PROMPTS[0], 1, 4), ("", 0, 4), ("", 1, 4),
+    ]  # fmt: skip
+    assert {x["image"] for x in lines} == {str(tmp_path / "src.png")}
+    want = tiny([PROMPTS[0], ""], 2, seed=3, image=tmp_path / "src.png", keep_rows=4).images
+    assert [(out / x["file"]).read_bytes() for x in lines] == [png_bytes(im) for im in want]
+    with Image.open(out / "grid.png") as grid:  # source, reconstruction, 2 images per row
+        assert grid.size == (240 + 4 * 66 + 2, 2 * 66 + 2)
+    # No prompt: one row of variations.
+    argv = ["generate", "--model", str(tmp_path / "m"), "--image", str(tmp_path / "src.png")]
+    assert main([*argv, "--num-images", "2", "--out", str(tmp_path / "var")]) == 0
+    lines = (tmp_path / "var" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(x)["prompt"] for x in lines] == ["", ""]

@@ -1,6 +1,7 @@
 """``dalle serve`` over HTTP (FastAPI's TestClient): valid requests, every validation error as a
 422 naming its field, the progress stream, queue-full 429 with Retry-After, the time limit, a
-failing request that leaves the server up, seed determinism, the page, the command line."""
+failing request that leaves the server up, seed determinism, the page, the command line, and
+pictures to complete: the same images as the pipeline's, bad uploads as a 422 naming them."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (the [dev]
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bad_images import BAD_IMAGES, RGB, image_bytes, png_header  # noqa: E402
 from dalle.cli import main  # noqa: E402
 from dalle.cli.serve import is_loopback  # noqa: E402
+from dalle.data.shapes import make_sample  # noqa: E402
 from dalle.images import png_bytes  # noqa: E402
 from dalle.pipeline import DallePipeline  # noqa: E402
 from dalle.sampling import SamplingConfig  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
+from dalle.serve.uploads import MAX_IMAGE_CHARS  # noqa: E402
 from dalle.serve.worker import GenerationQueue, JobCancelled  # noqa: E402
 from serve_fixtures import EXAMPLES, running_server, scripted, tiny_parts  # noqa: E402
 
@@ -33,8 +37,12 @@ GRID = 4  # 16 codes per image
 
 
 @pytest.fixture(scope="module")
-def client():
-    pipe = DallePipeline(*tiny_parts(GRID), examples=EXAMPLES)
+def pipe() -> DallePipeline:
+    return DallePipeline(*tiny_parts(GRID), examples=EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def client(pipe):
     with TestClient(create_app(pipe, name="tiny")) as c:
         yield c
 
@@ -208,6 +216,68 @@ def test_stream_reports_progress_then_the_same_images(client):
     ]
 
 
+PICTURE = make_sample(0, "holdout", 3).image.resize((80, 100))  # read like training images
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_a_picture_is_completed_as_the_pipeline_completes_it(client, pipe):
+    png = png_bytes(PICTURE)
+    body = {"prompt": "a red circle", "num_images": 2, "seed": 9, "keep_rows": 1}
+    r = client.post("/v1/generate", json={**body, "image": b64(png)})
+    assert r.status_code == 200, r.text
+    want = pipe("a red circle", 2, 9, image=PICTURE, keep_rows=1).images
+    assert r.json()["keep_rows"] == 1
+    assert [decode(im).tobytes() for im in r.json()["images"]] == [im.tobytes() for im in want]
+    # A data: URL and line-wrapped base64 (what `base64 FILE` prints) are the same picture.
+    wrapped = "\n".join(b64(png)[i : i + 76] for i in range(0, len(b64(png)), 76))
+    for image in (f"data:image/png;base64,{b64(png)}", wrapped):
+        again = client.post("/v1/generate", json={**body, "image": image}).json()
+        assert again["images"] == r.json()["images"]
+    # The stream counts only the tokens it samples: 3 of the 4 rows of 4 codes.
+    with client.stream("POST", "/v1/generate/stream", json={**body, "image": b64(png)}) as s:
+        got = events(s.read().decode())
+    assert got[0] == ("queued", {"ahead": 0, "total": 2 * 3 * GRID})
+    assert got[-1][0] == "result" and got[-1][1]["images"] == r.json()["images"]
+    # Variations: a blank prompt with a picture, the top half kept by default.
+    r = client.post("/v1/generate", json={"prompt": "", "num_images": 2, "image": b64(png)})
+    assert r.status_code == 200 and r.json()["keep_rows"] == GRID // 2
+
+
+GIANT = "A" * (MAX_IMAGE_CHARS + 4)  # under the body limit, over the picture's
+
+
+@pytest.mark.parametrize(
+    "body, field, detail",
+    [
+        ({"image": "%%% not base64"}, "image", "image: not valid base64"),
+        ({"image": ""}, "image", "image: empty"),
+        ({"image": "data:image/png,abc"}, "image", "image: a data: URL must be base64"),
+        ({"image": GIANT}, "image", f"image: {len(GIANT)} characters of base64, over the limit of {MAX_IMAGE_CHARS}"),
+        ({"image": b64(BAD_IMAGES["text.png"])}, "image", "image: not a readable image (expected one of PNG, JPEG"),
+        ({"image": b64(BAD_IMAGES["truncated.png"])}, "image", "image: not a readable image ("),
+        ({"image": b64(BAD_IMAGES["truncated.jpg"])}, "image", "image: not a readable image ("),
+        ({"image": b64(BAD_IMAGES["bomb.png"])}, "image", "image: not a readable image (DecompressionBombError"),
+        ({"image": b64(png_header(5000, 5000))}, "image", "image: image of 5000x5000 pixels exceeds the 16777216-pixel limit"),
+        ({"image": b64(image_bytes(RGB, "BMP"))}, "image", "image: not a readable image (expected one of PNG"),
+        ({"image": 5}, "image", "image: Input should be a valid string"),
+        ({"image": b64(png_bytes(PICTURE)), "keep_rows": GRID + 1}, "keep_rows", "keep_rows: expected 0..4"),
+        ({"image": b64(png_bytes(PICTURE)), "keep_rows": -1}, "keep_rows", "keep_rows: Input should be greater"),
+        ({"image": b64(png_bytes(PICTURE)), "keep_rows": 0.5}, "keep_rows", "keep_rows: Input should be a valid integer"),
+        ({"keep_rows": 1}, "keep_rows", "keep_rows: needs an image"),
+    ],
+)  # fmt: skip
+def test_a_bad_picture_or_keep_rows_is_a_422_naming_it(client, body, field, detail):
+    for path in ("/v1/generate", "/v1/generate/stream"):
+        r = client.post(path, json={"prompt": "a red circle", **body})
+        assert r.status_code == 422, (path, r.text)
+        error = r.json()
+        assert error["field"] == field and error["detail"].startswith(detail), error
+        assert "\n" not in error["detail"]
+
+
 def test_full_queue_answers_429_with_retry_after():
     gate = threading.Event()
     app = create_app(scripted(GRID, gate=gate), queue_size=1)
@@ -302,6 +372,7 @@ def test_openapi_documents_the_api(client):
     request = schema["components"]["schemas"]["GenerateRequest"]
     assert set(request["properties"]) == {
         "prompt", "num_images", "seed", "temperature", "top_k", "top_p", "cond_scale", "rerank",
+        "image", "keep_rows",
     }  # fmt: skip
     assert request["properties"]["num_images"]["maximum"] == 16
     stream = paths["/v1/generate/stream"]["post"]["responses"]["200"]
@@ -315,7 +386,8 @@ def test_the_page_is_self_contained(client):
     assert html == files("dalle.serve").joinpath("page.html").read_text(encoding="utf-8")
     for element in ('id="prompt"', 'id="num_images"', 'id="seed"', 'id="temperature"',
                     'id="top_k"', 'id="top_p"', 'id="cond_scale"', 'id="progress"', 'id="grid"',
-                    'id="examples"', "/v1/generate/stream", "download"):  # fmt: skip
+                    'id="examples"', "/v1/generate/stream", "download", 'id="image-file"',
+                    'id="keep_rows"', 'id="drop"'):  # fmt: skip
         assert element in html
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", html, re.IGNORECASE)
     assert not re.search(r"@import|url\(|<script[^>]+src|<link[^>]+stylesheet", html)

@@ -1,7 +1,9 @@
 """The web page in a real browser: Playwright drives Debian's Chromium (``/usr/bin/chromium``,
 headless) against ``dalle serve`` on loopback. It types a prompt, presses Generate, watches the
 progress bar move, waits for the images, downloads one and saves a screenshot to
-``test-artifacts/serve_page.png`` (``DALLE_TEST_ARTIFACTS`` to change the folder; it gets a
+``test-artifacts/serve_page.png``; a second test uploads a picture (chosen, then dropped),
+moves the kept rows with the slider and a click, asks for variations and saves
+``serve_completion.png`` (``DALLE_TEST_ARTIFACTS`` to change the folder; it gets a
 ``.gitignore`` of its own, so the output is never committed).
 
 Without Playwright or Chromium the test is skipped with a reason in capitals, and a warning,
@@ -10,6 +12,7 @@ so a missing browser is never mistaken for a pass (``.ci/run`` installs both).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import warnings
@@ -20,6 +23,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="dalle serve needs the [serve] extra (fastapi, uvicorn)")
 
+from dalle.data.shapes import make_sample  # noqa: E402
 from dalle.sampling import SamplingConfig  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
 from serve_fixtures import running_server, scripted  # noqa: E402
@@ -148,5 +152,74 @@ def test_page_generates_images_with_live_progress(browser, server_url):
     page.wait_for_selector("#status.error")
     assert page.inner_text("#status").startswith("Error 422: temperature: ")
     assert page.get_attribute("#temperature", "aria-invalid") == "true"
+    assert [p for p in problems if "status of 422" not in p] == []
+    page.close()
+
+
+DROP = """async (b64) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+  document.getElementById("drop").dispatchEvent(
+    new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_page_completes_an_uploaded_picture(browser, server_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1024, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if "/v1/generate" in r.url else None)
+    page.goto(server_url)
+    page.wait_for_selector("#examples button")
+    assert page.is_hidden("#frame") and page.is_hidden("#keep_rows")
+
+    source = tmp_path / "source.png"
+    make_sample(0, "holdout", 3).image.resize((100, 80)).save(source)  # cropped to its centre
+    page.set_input_files("#image-file", str(source))  # "choose a file"
+    page.wait_for_selector("#frame", state="visible")
+    assert page.get_attribute("#keep_rows", "max") == str(GRID)
+    assert page.input_value("#keep_rows") == str(GRID // 2)  # the top half by default
+    cut_top = "() => document.getElementById('cut').getBoundingClientRect().top - " \
+              "document.getElementById('frame').getBoundingClientRect().top"  # fmt: skip
+    assert abs(page.evaluate(cut_top) - 192 / 2) <= 1.5  # the shaded part starts half-way
+    box = page.locator("#frame").bounding_box()
+    page.mouse.click(box["x"] + 40, box["y"] + box["height"] * 5 / 8)  # a click moves the cut
+    assert page.input_value("#keep_rows") == "5"
+    page.fill("#keep_rows", "3")  # the slider
+    assert abs(page.evaluate(cut_top) - 192 * 3 / 8) <= 1.5
+    assert "top 3 of 8 code rows (24 of 64 px)" in page.inner_text("#keep-text")
+
+    page.fill("#prompt", "")  # a blank prompt with a picture: variations
+    page.fill("#num_images", "2")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    page.wait_for_function(
+        "document.querySelectorAll('#grid img').length === 2 && "
+        "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)",
+        timeout=30_000,
+    )
+    body = sent[-1]
+    assert (body["prompt"], body["keep_rows"], body["seed"]) == ("", 3, 7)
+    assert base64.b64decode(body["image"]) == source.read_bytes()  # the file as it is
+    assert page.get_attribute("#progress", "max") == str(2 * (GRID - 3) * GRID)  # sampled only
+    assert page.inner_text("#results-hint").startswith("Variations (top 3 rows kept)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("# test output, never committed\n*\n")
+    page.screenshot(path=str(ARTIFACTS / "serve_completion.png"), full_page=True)
+
+    # Dragged and dropped; then a file that is no picture comes back as a 422 on the drop zone.
+    page.evaluate(DROP, base64.b64encode(source.read_bytes()).decode())
+    page.wait_for_function("document.getElementById('status').textContent.includes('dropped')")
+    page.evaluate(DROP, base64.b64encode(b"not an image").decode())
+    page.wait_for_function("document.getElementById('status').textContent.includes('dropped')")
+    page.click("#generate")
+    page.wait_for_selector("#status.error")
+    assert page.inner_text("#status").startswith("Error 422: image: not a readable image")
+    assert page.get_attribute("#drop", "aria-invalid") == "true"
+    page.click("#clear-image")  # back to text-to-image: the prompt is required again
+    assert page.is_hidden("#frame") and page.evaluate("document.getElementById('prompt').required")
     assert [p for p in problems if "status of 422" not in p] == []
     page.close()

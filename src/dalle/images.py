@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Refuse decompression bombs early with a clear error instead of Pillow's warning.
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -36,22 +37,79 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open an image file fully as RGB, or raise ``ValueError`` naming the file. 16-bit grey
-    (PNG) keeps its top 8 bits rather than saturating; alpha is dropped, CMYK converted."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A Pillow image of any mode as RGB, the way training images are read: 16-bit grey keeps
+    its top 8 bits rather than saturating; alpha is dropped (the colour under it stays); CMYK,
+    palette and grey images are converted."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        grey = np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(
+    path: Path | BinaryIO,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    formats: tuple[str, ...] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Open an image file (or a binary file object) fully as RGB (see :func:`to_rgb`), or raise
+    ``ValueError`` naming it (``name``, default the path): unreadable, not one of ``formats``
+    (Pillow's format names, default any), or over ``max_pixels`` (checked before decoding)."""
+    where = str(path) if name is None else name
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=formats) as im:
             w, h = im.size
-            if w * h <= MAX_IMAGE_PIXELS:
+            if w * h <= max_pixels:
                 im.load()
-                if im.mode == "I" or im.mode.startswith("I;16"):
-                    grey = np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8
-                    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
-                return im.convert("RGB")
+                return to_rgb(im)
+    except UnidentifiedImageError:  # its message repeats the path, or shows a file object
+        kind = "an image format Pillow reads" if formats is None else f"one of {', '.join(formats)}"
+        raise ValueError(f"{where}: not a readable image (expected {kind})") from None
     # Pillow's decoders also raise ValueError, EOFError and SyntaxError on damaged files.
     except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
-    raise ValueError(f"{path}: image of {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS} limit")
+        raise ValueError(f"{where}: not a readable image ({e.__class__.__name__}: {e})") from None
+    raise ValueError(f"{where}: image of {w}x{h} pixels exceeds the {max_pixels}-pixel limit")
+
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
+IMAGE_TYPES = "a PIL image, a path, an array (H, W[, 1|3|4]) or a tensor ([1, ]C, H, W)"
+
+
+def as_image(image: ImageInput) -> Image.Image:
+    """A picture given as a path (read by :func:`load_image`), a PIL image, a numpy array
+    ``(H, W)`` or ``(H, W, 1|3|4)`` or a tensor ``(C, H, W)`` or ``(1, C, H, W)`` with C 1, 3
+    or 4 (uint8, or float in [0, 1], rounded to 8 bits) -> an RGB PIL image (:func:`to_rgb`:
+    alpha dropped). ``ValueError`` for anything else."""
+    if isinstance(image, (str, Path)):
+        return load_image(Path(image))
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        t = t.float() if t.is_floating_point() else t  # numpy has no bfloat16
+        t = t[0] if t.ndim == 4 and t.shape[0] == 1 else t
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            shape = tuple(image.shape)
+            raise ValueError(f"expected an image tensor (C, H, W) with C 1, 3 or 4, got {shape}")
+        array = t.permute(1, 2, 0).numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise ValueError(f"expected an image as {IMAGE_TYPES}, got {type(image).__name__}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))) or not array.size:
+        raise ValueError(f"expected an image array (H, W) or (H, W, 3|4), got {array.shape}")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"expected float image values in [0, 1], got [{array.min():g}, {array.max():g}]"
+            )
+        array = (array.astype(np.float64) * 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 or float image array, got dtype {array.dtype}")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(array)))  # uint8: L, RGB or RGBA
 
 
 def png_bytes(image: Image.Image) -> bytes:

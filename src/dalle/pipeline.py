@@ -14,11 +14,18 @@ Each part loads with strict checks; a missing or mismatched part is a one-line `
 A call samples with the folder's defaults (``pipe.sampling``), any field overridden per call.
 With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
 per requested image and keep those CLIP finds closest to the prompt.
+
+A call may also complete a picture (the paper's image-conditioned generation, Sec. 3.3 and
+its Figure 2): the dVAE encodes ``image``, the transformer keeps its top ``keep_rows`` rows of
+codes as given and samples the rest under each prompt. An empty prompt then asks for
+variations (the all-pad caption that caption dropout trains, "more like this"); reranking a
+variation ranks by CLIP's similarity to the source picture instead of to a caption.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +36,8 @@ import torch
 from PIL import Image
 
 from dalle.config import load_config, to_dict
-from dalle.images import tensor_to_image
+from dalle.data.folder import prepare_image
+from dalle.images import ImageInput, tensor_to_image
 from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle import DALLE
@@ -44,19 +52,25 @@ CLIP_DIR = "clip"
 EXAMPLES_FILE = "examples.json"
 GENERATION_FILE = "generation.json"
 MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
+DEFAULT_KEEP = 0.5  # with an image and no keep_rows: its top half
 
 
 @dataclass
 class Generation:
     """What a pipeline call returns: ``images`` prompt-major (all of prompt 0, then prompt 1,
     ...), each image's ``prompts`` entry, with reranking each image's CLIP ``scores``
-    (cosine similarity to its prompt, best first within a prompt), and the ``sampling``
-    settings the call used."""
+    (cosine similarity to its prompt, or for an empty prompt to the source picture; best
+    first within a prompt), and the ``sampling`` settings the call used. A call with an image
+    also returns the code rows it kept (``keep_rows``), the ``source`` as the model saw it
+    (converted and resized) and its dVAE ``reconstruction`` (what keeping every row gives)."""
 
     images: list[Image.Image]
     prompts: list[str]
     scores: list[float] | None = None
     sampling: SamplingConfig | None = None
+    keep_rows: int | None = None
+    source: Image.Image | None = None
+    reconstruction: Image.Image | None = None
 
 
 @dataclass
@@ -120,16 +134,47 @@ class DallePipeline:
     def device(self) -> torch.device:
         return self.transformer.head.weight.device
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> text ids ``(N, text_len)``; an empty prompt is a ``ValueError``, a long one
-        is cut to ``text_len`` tokens with a warning."""
+    def encode_prompts(self, prompts: list[str], allow_empty: bool = False) -> torch.Tensor:
+        """Prompts -> text ids ``(N, text_len)``; a long one is cut to ``text_len`` tokens with a
+        warning. An empty (or blank) prompt is a ``ValueError`` unless ``allow_empty``: then it
+        is the all-pad caption, the unconditional one that caption dropout trains."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError("expected a non-empty list of prompts")
         for i, p in enumerate(prompts):
-            if not isinstance(p, str) or not p.strip():
+            if not isinstance(p, str) or not (p.strip() or allow_empty):
                 raise ValueError(f"prompt {i + 1} is empty")
-        text, _ = self.tokenizer.encode_batch(prompts, self.transformer.cfg.text_len)
+        n = self.transformer.cfg.text_len
+        text = torch.full((len(prompts), n), self.tokenizer.pad_id, dtype=torch.long)
+        given = [i for i, p in enumerate(prompts) if p.strip()]
+        if given:
+            text[given] = self.tokenizer.encode_batch([prompts[i] for i in given], n)[0]
         return text
+
+    def rows_kept(self, keep_rows: int | float | None = None) -> int:
+        """The code rows to keep of an image: ``keep_rows`` rows (an int, 0 to the grid side),
+        or a fraction of the image height (a float in [0, 1], rounded to the nearest row, halves
+        up: 0.5 of 5 rows keeps 3); ``None`` keeps :data:`DEFAULT_KEEP` of it."""
+        g = self.vae.cfg.grid_size
+        k = DEFAULT_KEEP if keep_rows is None else keep_rows
+        if isinstance(k, bool) or not isinstance(k, numbers.Real):
+            pass
+        elif isinstance(k, numbers.Integral) and 0 <= k <= g:
+            return int(k)
+        elif not isinstance(k, numbers.Integral) and math.isfinite(k) and 0 <= k <= 1:
+            return math.floor(k * g + 0.5)
+        raise ValueError(
+            f"keep_rows must be 0..{g} code rows (an int) or a fraction of the image height in "
+            f"[0, 1] (a float), got {keep_rows!r}"
+        )
+
+    @torch.no_grad()
+    def encode_image(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """A picture (path, PIL image, array or tensor) -> ``(pixels (1, 3, S, S) in [0, 1],
+        codes (1, h*w))`` on the model's device: converted as training folders are read (RGB,
+        alpha dropped; shorter side scaled to the dVAE's size S, bicubic; centre crop; see
+        :func:`dalle.data.folder.prepare_image`), then encoded by the dVAE."""
+        pixels = prepare_image(image, self.vae.cfg.image_size)[None].to(self.device)
+        return pixels, self.vae.encode(pixels)
 
     @torch.no_grad()
     def generate_codes(
@@ -140,11 +185,16 @@ class DallePipeline:
         batch_size: int = 16,
         callback: Callable[[int, int], None] | None = None,
         sampling: SamplingConfig | None = None,
+        prime: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image codes ``(len(prompts) * num_images, h*w)``, prompt-major: all images of prompt
         0, then prompt 1, ... drawn with ``sampling`` (default: :attr:`sampling`; its
         ``rerank`` is the caller's business, see :meth:`__call__`).
-        ``callback(tokens_done, tokens_total)`` reports progress over all images."""
+        ``prime`` ``(1 or len(prompts), r * grid)`` holds the codes of the first r rows to keep,
+        for every prompt or one row per prompt; each image of a prompt keeps them and only the
+        rest is sampled (a prompt may then be empty: see :meth:`encode_prompts`). Zero rows
+        draw exactly what no ``prime`` draws. ``callback(tokens_done, tokens_total)`` reports
+        progress over all images (the sampled tokens only)."""
         s = self.sampling if sampling is None else sampling
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -152,32 +202,51 @@ class DallePipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        text = self.encode_prompts(prompts)
+        text = self.encode_prompts(prompts, allow_empty=prime is not None)
         if len(text) * num_images > MAX_CANDIDATES:
             raise ValueError(
                 f"{len(text)} prompts x {num_images} images (reranking candidates included) is "
                 f"{len(text) * num_images}; expected at most {MAX_CANDIDATES} per call"
             )
-        text = text.repeat_interleave(num_images, dim=0)
+        text = text.repeat_interleave(num_images, dim=0)  # (P * num_images, text_len)
+        kept = self._repeat_prime(prime, len(prompts), num_images)  # (P * num_images, r * grid)
         generator = torch.Generator(self.device).manual_seed(seed)
         chunks: list[torch.Tensor] = []
         for t in text.split(batch_size):
+            done = sum(map(len, chunks))
             step = None
             if callback is not None:
-                step = _chunk_progress(callback, sum(map(len, chunks)), len(t), len(text))
-            t = t.to(self.device)
+                step = _chunk_progress(callback, done, len(t), len(text))
             codes = sample_codes(
                 self.transformer,
-                t,
+                t.to(self.device),
                 generator=generator,
                 temperature=s.temperature,
                 top_k=s.top_k,
                 top_p=s.top_p,
                 cond_scale=s.cond_scale,
+                prime=None if kept is None else kept[done : done + len(t)],
                 callback=step,
             )
             chunks.append(codes)  # (rows, h*w)
         return torch.cat(chunks)
+
+    def _repeat_prime(
+        self, prime: torch.Tensor | None, prompts: int, num_images: int
+    ) -> torch.Tensor | None:
+        """``prime`` (1 or P, k) -> one row per image ``(P * num_images, k)`` on the model's
+        device; ``None`` when nothing is kept (so that zero rows sample exactly as no prime)."""
+        if prime is None:
+            return None
+        if prime.ndim != 2 or prime.shape[0] not in (1, prompts):
+            raise ValueError(
+                f"expected prime codes of shape (1 or {prompts}, r * grid): one row for all "
+                f"prompts or one per prompt, got {tuple(prime.shape)}"
+            )
+        if prime.shape[1] == 0:
+            return None
+        prime = prime.expand(prompts, -1) if prime.shape[0] == 1 else prime
+        return prime.repeat_interleave(num_images, dim=0).to(self.device)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -196,8 +265,20 @@ class DallePipeline:
         dev = self.clip.device
         t = self.clip.encode_text(text.to(dev))  # (distinct, D)
         row = torch.tensor([distinct.index(p) for p in prompts], device=dev)
-        i = torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
-        return (t[row] * i).sum(-1).cpu()
+        return (t[row] * self._embed_images(images)).sum(-1).cpu()
+
+    @torch.no_grad()
+    def score_images(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """CLIP cosine similarity ``(N,)`` of each image ``(N, C, H, W)`` with one reference
+        image ``(1, C, H, W)`` (how a variation is reranked: closest to its source)."""
+        if self.clip is None:
+            raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
+        return (self._embed_images(images) @ self._embed_images(reference).T)[:, 0].cpu()
+
+    def _embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> CLIP unit vectors ``(N, D)`` on CLIP's device."""
+        dev = self.clip.device
+        return torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
 
     def settings(self, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
         """The settings a call uses: ``sampling`` (default: :attr:`sampling`, the model's) with
@@ -214,6 +295,8 @@ class DallePipeline:
         seed: int = 0,
         sampling: SamplingConfig | None = None,
         *,
+        image: ImageInput | None = None,
+        keep_rows: int | float | None = None,
         batch_size: int = 16,
         callback: Callable[[int, int], None] | None = None,
         **overrides: Any,
@@ -223,6 +306,13 @@ class DallePipeline:
         (``temperature=0.7``, ``top_k=None``) replaced. With ``rerank=N`` draw
         ``N * num_images`` candidates per prompt and keep the ``num_images`` distinct ones that
         CLIP scores highest, best first (see :func:`best_distinct`).
+
+        With ``image`` (a path, PIL image, array or tensor; converted as in
+        :meth:`encode_image`) every image keeps the picture's top ``keep_rows`` code rows
+        exactly and completes the rest under its prompt (see :meth:`rows_kept`: rows or a
+        fraction of the height; default half). 0 rows draws what no image draws; all rows
+        return the picture's dVAE reconstruction. A prompt may be empty: variations.
+
         The same arguments (seed included) give the same images. ``callback(tokens_done,
         tokens_total)`` is called after each sampled position, counting image tokens over all
         candidates; an exception it raises stops the call."""
@@ -231,13 +321,25 @@ class DallePipeline:
         s = self.settings(sampling, **overrides)
         if s.rerank is not None and self.clip is None:
             raise ValueError(f"reranking needs a CLIP model: this pipeline has no {CLIP_DIR}/")
+        if image is None and keep_rows is not None:
+            raise ValueError(f"keep_rows={keep_rows!r} needs an image to keep the rows of")
+        pixels = source = prime = None
+        if image is not None:
+            rows = self.rows_kept(keep_rows)
+            pixels, source = self.encode_image(image)  # (1, 3, S, S), (1, h*w)
+            prime = source[:, : rows * self.vae.cfg.grid_size]
         draws = num_images * (s.rerank or 1)
-        codes = self.generate_codes(prompts, draws, seed, batch_size, callback, s)
+        codes = self.generate_codes(prompts, draws, seed, batch_size, callback, s, prime)
         images = self.decode(codes)  # (P * draws, C, H, W)
-        per_image = [p for p in prompts for _ in range(num_images)]
+        out = Generation([], [p for p in prompts for _ in range(num_images)], sampling=s)
+        if pixels is not None:
+            out.keep_rows = rows
+            out.source = tensor_to_image(pixels[0])
+            out.reconstruction = tensor_to_image(self.decode(source)[0])
         if s.rerank is None:
-            return Generation([tensor_to_image(x) for x in images], per_image, sampling=s)
-        scores = self.score([p for p in prompts for _ in range(draws)], images)
+            out.images = [tensor_to_image(x) for x in images]
+            return out
+        scores = self._rerank_scores(prompts, draws, images, pixels)
         keep = [
             j * draws + i
             for j in range(len(prompts))
@@ -245,9 +347,23 @@ class DallePipeline:
                 scores[j * draws : (j + 1) * draws], images[j * draws : (j + 1) * draws], num_images
             )
         ]
-        return Generation(
-            [tensor_to_image(images[i]) for i in keep], per_image, scores[keep].tolist(), s
-        )
+        out.images, out.scores = [tensor_to_image(images[i]) for i in keep], scores[keep].tolist()
+        return out
+
+    def _rerank_scores(
+        self, prompts: list[str], draws: int, images: torch.Tensor, source: torch.Tensor | None
+    ) -> torch.Tensor:
+        """CLIP scores ``(P * draws,)`` of the candidates: similarity to their prompt, or for an
+        empty prompt (a variation) to the ``source`` picture ``(1, C, H, W)``."""
+        per_draw = [p for p in prompts for _ in range(draws)]
+        scores = torch.empty(len(per_draw))
+        captioned = [i for i, p in enumerate(per_draw) if p.strip()]
+        if captioned:
+            scores[captioned] = self.score([per_draw[i] for i in captioned], images[captioned])
+        empty = [i for i, p in enumerate(per_draw) if not p.strip()]
+        if empty:  # only with a source: empty prompts are refused without an image
+            scores[empty] = self.score_images(source, images[empty])
+        return scores
 
 
 def best_distinct(scores: torch.Tensor, images: torch.Tensor, k: int) -> list[int]:

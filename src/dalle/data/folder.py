@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dalle.images import image_to_tensor, load_image
+from dalle.images import ImageInput, as_image, image_to_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -53,6 +53,14 @@ def resize_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def prepare_image(image: ImageInput, size: int) -> torch.Tensor:
+    """Any picture (a path, a PIL image, an array or a tensor: see :func:`dalle.images.as_image`)
+    -> ``(3, size, size)`` float in [0, 1], converted exactly as the images of a training folder
+    are: read as RGB (alpha dropped, 16-bit grey to its top 8 bits), the shorter side scaled to
+    ``size`` (bicubic) and the centre square cropped."""
+    return image_to_tensor(resize_crop(as_image(image), size))
+
+
 def read_caption_lines(path: Path) -> list[str]:
     try:
         text = path.read_bytes().decode("utf-8")
@@ -81,8 +89,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def _load(self, i: int) -> dict:
         image_path, txt_path = self.pairs[i]
         caption = self.rng.choice(read_caption_lines(txt_path))
-        image = resize_crop(load_image(image_path), self.image_size)
-        return {"image": image_to_tensor(image), "caption": caption}
+        return {"image": prepare_image(image_path, self.image_size), "caption": caption}
 
     def get(self, i: int) -> dict | None:
         """Pair ``i``, or ``None`` (recorded in ``skipped``) when it cannot be read."""

@@ -2,5 +2,6 @@
 
 ``app`` builds the FastAPI app (routes, errors, the progress stream), ``worker`` runs
 generation on one thread behind a bounded queue, ``schemas`` holds the request and response
-bodies, and ``page.html`` is the page. Needs the ``[serve]`` extra (FastAPI, uvicorn).
+bodies, ``uploads`` checks and decodes a picture sent to complete, and ``page.html`` is the
+page. Needs the ``[serve]`` extra (FastAPI, uvicorn).
 """

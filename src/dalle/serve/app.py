@@ -4,7 +4,7 @@ Routes (the request and response bodies are in ``dalle.serve.schemas`` and ``/op
 
 - ``GET /``: the page (``page.html``, self-contained: no CDN, no external fonts);
 - ``POST /v1/generate``: JSON in, ``{prompt, images: [{png_base64, seed, index, score?}],
-  elapsed_s}`` out;
+  keep_rows?, elapsed_s}`` out;
 - ``POST /v1/generate/stream``: the same body, answered with server-sent events: ``queued``
   (``{ahead, total}``), ``progress`` (``{done, total}`` image tokens, at most one per percent),
   then ``result`` (the JSON above) or ``error`` (``{status, detail}``);
@@ -13,7 +13,10 @@ Routes (the request and response bodies are in ``dalle.serve.schemas`` and ``/op
   for a folder without them).
 
 A request's sampling fields override the model's defaults (``pipeline.sampling``, from its
-``generation.json``) one by one; the fields it leaves out keep them.
+``generation.json``) one by one; the fields it leaves out keep them. A request with ``image``
+(base64) completes that picture, keeping its top ``keep_rows`` code rows: the picture is
+decoded and checked (``dalle.serve.uploads``) off the event loop before the job is queued, so
+a bad one is a 422 naming ``image`` on both routes.
 
 Generation runs on the worker of ``dalle.serve.worker``. Every error answer is
 ``{detail, field?}``: 413 for a body over ``MAX_BODY_BYTES``, 422 for a bad request (naming the
@@ -57,15 +60,16 @@ from dalle.serve.schemas import (
     ModelInfo,
     QueueState,
 )
+from dalle.serve.uploads import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, MAX_IMAGE_PIXELS, decode_image
 from dalle.serve.worker import GenerationQueue, Job, JobCancelled, JobTimeout, Progress, QueueFull
 
 log = logging.getLogger("dalle.serve")
 GRACE_S = 5.0  # past a job's deadline, the request stops waiting for a worker that is stuck
 SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingConfig))
 KEEPALIVE_S = 15.0  # an SSE comment this often while a streamed job waits in the queue
-# A request body is a prompt of at most MAX_PROMPT_CHARS (12 bytes each, JSON-escaped at worst)
-# and a few numbers; a larger one is refused before it is read whole.
-MAX_BODY_BYTES = 64 * 1024
+# A request body is a prompt of at most MAX_PROMPT_CHARS (12 bytes each, JSON-escaped at worst),
+# a few numbers and perhaps a base64 picture; a larger one is refused before it is read whole.
+MAX_BODY_BYTES = 64 * 1024 + MAX_IMAGE_CHARS
 
 
 class ApiError(Exception):
@@ -210,13 +214,41 @@ def create_app(
             raise ApiError(422, "rerank: this model has no CLIP (clip/) to rerank with", "rerank")
         return sampling
 
+    async def source(req: GenerateRequest) -> tuple[Any, int | None]:
+        """The request's picture (decoded off the event loop) and the code rows it keeps, or
+        ``(None, None)``; ApiError 422 for a bad picture, ``keep_rows`` or blank prompt."""
+        if req.image is None:
+            if not req.prompt.strip():
+                detail = "prompt: the prompt is blank (only a request with an image may be)"
+                raise ApiError(422, detail, "prompt")
+            if req.keep_rows is not None:
+                raise ApiError(422, "keep_rows: needs an image to keep the rows of", "keep_rows")
+            return None, None
+        grid = vae_cfg.grid_size
+        if req.keep_rows is not None and req.keep_rows > grid:
+            detail = f"keep_rows: expected 0..{grid} (the model's code rows), got {req.keep_rows}"
+            raise ApiError(422, detail, "keep_rows")
+        try:
+            image = await asyncio.to_thread(decode_image, req.image)
+        except ValueError as e:
+            raise ApiError(422, str(e).splitlines()[0], "image") from None
+        except Exception as e:  # a decoder's surprise is still the picture's fault, not a 500
+            log.warning("an uploaded image failed to decode", exc_info=e)
+            detail = f"image: not a readable image ({e.__class__.__name__})"
+            raise ApiError(422, detail, "image") from None
+        return image, pipeline.rows_kept(req.keep_rows)
+
     def admit(
-        req: GenerateRequest, sampling: SamplingConfig, on_progress: Progress | None = None
+        req: GenerateRequest,
+        sampling: SamplingConfig,
+        image: Any,
+        keep: int | None,
+        on_progress: Progress | None = None,
     ) -> Job:
         """Queue the job (ApiError 429 when the queue is full)."""
         seed = secrets.randbelow(2**31) if req.seed is None else req.seed
         try:
-            job = jobs.submit(_generate(pipeline, req, sampling, seed), on_progress)
+            job = jobs.submit(_generate(pipeline, req, sampling, seed, image, keep), on_progress)
         except QueueFull as e:
             raise ApiError(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
         return job
@@ -254,6 +286,8 @@ def create_app(
                 "max_rerank": MAX_RERANK,
                 "max_prompt_chars": MAX_PROMPT_CHARS,
                 "max_body_bytes": max_body_bytes,
+                "max_image_bytes": MAX_IMAGE_BYTES,
+                "max_image_pixels": MAX_IMAGE_PIXELS,
                 "queue_size": jobs.capacity,
                 "timeout_s": jobs.timeout_s,
             },
@@ -270,8 +304,10 @@ def create_app(
         responses=ERRORS,
     )
     async def generate(req: GenerateRequest) -> GenerateResponse:
-        """Generate ``num_images`` images for ``prompt`` and answer when all are done."""
-        job = admit(req, settings(req))
+        """Generate ``num_images`` images for ``prompt`` (completing ``image`` if given) and
+        answer when all are done."""
+        sampling = settings(req)
+        job = admit(req, sampling, *await source(req))
         try:
             fut = asyncio.wrap_future(job.future)
             return await asyncio.wait_for(asyncio.shield(fut), job.timeout_s + GRACE_S)
@@ -306,9 +342,11 @@ def create_app(
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         sampling = settings(req)
-        job = admit(req, sampling, _throttled(lambda done, total: send((done, total))))
+        image, keep = await source(req)
+        job = admit(req, sampling, image, keep, _throttled(lambda done, total: send((done, total))))
         job.future.add_done_callback(lambda _: send(None))
-        total = req.num_images * (sampling.rerank or 1) * pipeline.transformer.cfg.image_len
+        sampled = pipeline.transformer.cfg.image_len - (keep or 0) * vae_cfg.grid_size
+        total = req.num_images * (sampling.rerank or 1) * sampled
         return StreamingResponse(
             _stream(job, events, total),
             media_type="text/event-stream",
@@ -362,9 +400,15 @@ def _throttled(send: Callable[[int, int], Any]) -> Progress:
 
 
 def _generate(
-    pipeline: DallePipeline, req: GenerateRequest, sampling: SamplingConfig, seed: int
+    pipeline: DallePipeline,
+    req: GenerateRequest,
+    sampling: SamplingConfig,
+    seed: int,
+    image: Any = None,
+    keep: int | None = None,
 ) -> Callable[[Progress], GenerateResponse]:
-    """The job for one request: sample, encode PNGs (on the worker, off the event loop)."""
+    """The job for one request: sample (completing ``image``, keeping ``keep`` code rows, when
+    given), encode PNGs (on the worker, off the event loop)."""
     admitted = time.monotonic()
 
     def run(progress: Progress) -> GenerateResponse:
@@ -373,6 +417,8 @@ def _generate(
             num_images=req.num_images,
             seed=seed,
             sampling=sampling,
+            image=image,
+            keep_rows=keep,
             callback=progress,
         )
         images = [
@@ -385,6 +431,8 @@ def _generate(
             for i, image in enumerate(out.images)
         ]
         elapsed = round(time.monotonic() - admitted, 3)
-        return GenerateResponse(prompt=req.prompt, images=images, elapsed_s=elapsed)
+        return GenerateResponse(
+            prompt=req.prompt, images=images, elapsed_s=elapsed, keep_rows=out.keep_rows
+        )
 
     return run

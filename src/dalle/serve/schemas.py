@@ -4,14 +4,18 @@ The request model is strict (no unknown fields, no strings for numbers, no boole
 integers), so a typo or a wrong type is a 422 naming the field rather than a silent default.
 A sampling field the request leaves out takes the model's default (its ``generation.json``,
 shown by ``GET /v1/model``); one it gives overrides it, and ``null`` turns ``top_k``,
-``top_p`` or ``rerank`` off.
+``top_p`` or ``rerank`` off. With ``image`` (base64, checked by ``dalle.serve.uploads``) the
+images complete that picture, keeping its top ``keep_rows`` code rows; the prompt may then be
+empty (variations). The checks that need the model or the decoded picture are in ``app.py``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from dalle.serve.uploads import FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 MAX_IMAGES = 16
 MAX_RERANK = 16
@@ -32,7 +36,10 @@ class GenerateRequest(BaseModel):
         json_schema_extra={"examples": [{"prompt": "a small red circle", "num_images": 4}]},
     )
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="the caption")
+    prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="the caption; may be empty (blank) only with an image: variations",
+    )
     num_images: int = Field(4, ge=1, le=MAX_IMAGES, description="images to return")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="reproduces the images; omitted: the server draws one"
@@ -61,13 +68,20 @@ class GenerateRequest(BaseModel):
         description="draw this many candidates per image, keep the best by CLIP (needs clip/); "
         "null: off" + MODEL_DEFAULT,
     )
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is blank")
-        return value
+    image: str | None = Field(
+        None,
+        description=f"a picture to complete: {', '.join(FORMATS)} bytes in base64 (a data: URL "
+        f"prefix is allowed), at most {MAX_IMAGE_BYTES} bytes and {MAX_IMAGE_PIXELS} pixels; "
+        "read as RGB (alpha dropped), the shorter side scaled to the model's size (bicubic), "
+        "the centre cropped",
+    )
+    keep_rows: int | None = Field(
+        None,
+        ge=0,
+        description="with image: the code rows to keep from its top, 0 to the grid side "
+        "(GET /v1/model: transformer.image_grid); all of them return its dVAE reconstruction; "
+        "omitted: half, rounded up",
+    )
 
 
 class GeneratedImage(BaseModel):
@@ -80,6 +94,7 @@ class GeneratedImage(BaseModel):
 class GenerateResponse(BaseModel):
     prompt: str
     images: list[GeneratedImage]
+    keep_rows: int | None = Field(None, description="with an image: the code rows kept")
     elapsed_s: float = Field(description="seconds from admission to the last image, queue included")
 
 
