@@ -70,6 +70,7 @@ def main() -> int:
     from dalle.eval.vae import evaluate_vae
     from dalle.images import image_to_tensor, load_image
     from dalle.outputs import write_generation
+    from dalle.sampling import SamplingConfig
     from dalle.train import (
         CLIPTrainConfig,
         RunConfig,
@@ -139,6 +140,7 @@ def main() -> int:
     pipe.clip = train_clip(data, tokenizer, runs / "clip", clip_train, clip_cfg, run).model
     clip_report = retrieval(pipe.clip, tokenizer, held_images, held_captions)
     lap("clip_s")
+    pipe.sampling = SamplingConfig(**SAMPLING)  # the model's defaults (generation.json)
     pipe.save_pretrained(args.work / "model")
 
     # Seen captions: base emoji (no skin tone) drawn at random; held out: (emoji, tone) pairs.
@@ -153,7 +155,7 @@ def main() -> int:
         [image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems]
     )
     n = args.samples
-    out = pipe([captions[s] for s in seen], num_images=n, seed=args.seed, **SAMPLING)
+    out = pipe([captions[s] for s in seen], num_images=n, seed=args.seed)
     generated = torch.stack([image_to_tensor(im) for im in out.images])
     targets = [index[s] for s in seen for _ in range(n)]
     ranks = own_rank(generated, references, targets)
@@ -161,7 +163,7 @@ def main() -> int:
     held_stems = sorted(p.stem for p in holdout_dir.glob("*.txt"))
     held_pick = rng.sample(held_stems, min(args.prompts, len(held_stems)))
     held_prompts = [(holdout_dir / f"{s}.txt").read_text().strip() for s in held_pick]
-    out_held = pipe(held_prompts, num_images=n, seed=args.seed, **SAMPLING)
+    out_held = pipe(held_prompts, num_images=n, seed=args.seed)
     stem_of = {caption: s for s, caption in captions.items()}
     tones = list(TONES.values())
     candidates, asked = [], []
