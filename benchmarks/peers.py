@@ -51,7 +51,9 @@ DIFFERENCES = {
     " position, masked (neither count includes the text rows); in sampling ours only the 512"
     " image logits of the newest position, theirs all 1040 (at every position of the prefix on"
     " its default path)",
-    "sampling": "ours a preallocated KV cache (sample_codes, full softmax); theirs"
+    "sampling": "ours a preallocated KV cache (sample_codes, full softmax; with --compile"
+    " the cached step through torch.compile, attention as matmuls and softmax fused by"
+    " Inductor); theirs"
     " generate_images: without guidance it recomputes the whole prefix every step (use_cache"
     " is ignored there), with cond_scale != 1 and use_cache it concatenates K/V per step;"
     " top-k keeps half the logits; a tiny VAE decode (16 channels, 2x upsampling) ends the call",

@@ -3,15 +3,20 @@ the machine's fp32 matmul ceiling and each training figure as model-FLOPs utilis
 when it is installed (``benchmarks/requirements-peers.txt``), the same figures for the peer
 DALLE-pytorch 1.6.6 built with our dimensions, side by side with the ratio ours / theirs.
 
-    python benchmarks/speed.py [--repeats N] [--quick] [--no-peer] [--json FILE]
+    python benchmarks/speed.py [--repeats N] [--quick] [--no-peer] [--compile] [--json FILE]
 
 Model (the issue's reference): dim 256, depth 4, 8 heads of 32, full causal attention, GELU
 MLP of width 1024, 16 text tokens, 512 codes; config S has 8x8 image tokens, M 16x16.
 Sampling is timed at batch 1 and 8, with the KV cache and (once, for reference) without,
 with and without classifier-free guidance (which doubles the rows). Training is forward +
-backward + AdamW at batch 32 from token codes; the dVAE is the ``tiny`` preset trained with
-the paper's relaxed ELBO at batch 32 on 64 px images. Medians of ``--repeats`` timings after
-one warm-up.
+backward + AdamW (fused where torch has it, as the trainer uses it) at batch 32 from token
+codes; the dVAE is the ``tiny`` preset trained with the paper's relaxed ELBO at batch 32 on
+64 px images. Medians of ``--repeats`` timings after one warm-up.
+
+``--compile`` also times, in the same run, cached sampling through the compiled decode step
+(``sample_codes(compile=True)``) and the training step through the compiled loss
+(``DalleObjective(compile=True)``), each beside its eager figure; the first call of each
+(compiling included) is reported apart as ``warmup_s``, never inside the medians.
 
 FLOPs per token, forward, counted as multiply-adds x 2: ``2 * N`` for the ``N`` weights of the
 blocks and the image head, plus ``2 * L * T * d`` for attention scores and mixing over the
@@ -39,8 +44,13 @@ from pathlib import Path
 DEFAULT_JSON = Path("benchmarks/results/speed.json")
 
 
+WARMUP_S: list[float] = []  # the seconds of the last median_time call's warm-up
+
+
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+    t0 = time.perf_counter()
+    fn()  # warm-up (and, compiled, the compile)
+    WARMUP_S[:] = [time.perf_counter() - t0]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -50,8 +60,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def time_sampling(
-    model, text, repeats: int, cond_scale: float = 1.0, use_cache: bool = True
-) -> float:
+    model, text, repeats: int, cond_scale: float = 1.0, use_cache: bool = True,
+    compile: bool = False,
+) -> float:  # fmt: skip
     """Median seconds to draw every image code for ``text`` (same seed each time)."""
     import torch
 
@@ -62,7 +73,7 @@ def time_sampling(
     def draw():
         with torch.no_grad():
             sample_codes(model, text, generator=g.manual_seed(0), cond_scale=cond_scale,
-                         use_cache=use_cache)  # fmt: skip
+                         use_cache=use_cache, compile=compile)  # fmt: skip
 
     return median_time(draw, repeats)
 
@@ -71,7 +82,9 @@ def time_step(model, objective, batch, repeats: int) -> float:
     """Median seconds of one forward + backward + AdamW step of ``objective`` on ``batch``."""
     import torch
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from dalle.train.loop import fusable
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fusable(model))
     model.train()
 
     def step():
@@ -108,9 +121,16 @@ def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> 
         "sampling batch 8, guided + cache": ("batch 8 guided cache", "guided cache"),
         "training batch 32": (None, "training"),
     }
+    if "training_compiled" in report:  # --compile: our compiled figures against the same
+        pairs |= {
+            "sampling batch 8, compiled": ("batch 8 cache compiled", "default"),
+            "sampling batch 8, guided + cache, compiled": (
+                "batch 8 guided cache compiled", "guided cache"),
+            "training batch 32, compiled": ("compiled", "training"),
+        }  # fmt: skip
     comparison = {}
     print(f"{peers.NAME} {peer.version} (tokens/s)")
-    print(f"{'':<40} {'ours':>9} {'theirs':>9} {'ours/theirs':>12} {'in FLOP/s':>10}")
+    print(f"{'':<46} {'ours':>9} {'theirs':>9} {'ours/theirs':>12} {'in FLOP/s':>10}")
     for name, cfg in configs.items():
         t = theirs[name]
         ours_flops, their_flops = flops_per_token(cfg), t["flops_per_token_forward"]
@@ -118,13 +138,16 @@ def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> 
         t["training_gflops"] = round(3 * their_flops * t["training"] / 1e9, 1)
         t["training_mfu"] = round(t["training_gflops"] / report["matmul_gflops"], 3)
         for label, (key, their_key) in pairs.items():
-            ours = (report["training"][name]["tokens_per_s"] if key is None
-                    else report["sampling"][f"{name} {key}"])  # fmt: skip
+            if key is None or key == "compiled":
+                training = report["training" if key is None else "training_compiled"]
+                ours = training[name]["tokens_per_s"]
+            else:
+                ours = report["sampling"][f"{name} {key}"]
             ratio = ours / t[their_key]
             row = {"ours": ours, "theirs": t[their_key], "ratio": round(ratio, 2),
                    "ratio_flops": round(ratio * ours_flops / their_flops, 2)}  # fmt: skip
             comparison[f"{name} {label}"] = row
-            print(f"{name + ' ' + label:<40} {ours:>9} {row['theirs']:>9} "
+            print(f"{name + ' ' + label:<46} {ours:>9} {row['theirs']:>9} "
                   f"{row['ratio']:>12.2f} {row['ratio_flops']:>10.2f}")  # fmt: skip
     for name, t in theirs.items():
         print(
@@ -145,6 +168,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, no JSON")
     parser.add_argument("--no-peer", action="store_true", help="skip DALLE-pytorch")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time compiled sampling and training (torch.compile)")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -198,33 +223,43 @@ def main() -> int:
         return 2 * weights + 2 * cfg.depth * cfg.seq_len * cfg.dim
 
     report["sampling"], report["training"] = {}, {}
+    if args.compile:
+        report["training_compiled"], report["warmup_s"] = {}, {}
     for name, cfg in configs.items():
         torch.manual_seed(0)
         model = DALLE(cfg).eval()
         for batch in (1, 8):
             text = torch.randint(1, cfg.text_vocab, (batch, cfg.text_len))
             for guided in (False, True):
-                cases = [("cache", True)] + (
-                    [("no cache", False)] if batch == 8 and not guided else []
-                )
-                for label, cache in cases:
+                cases = [("cache", True, False)]
+                cases += [("cache compiled", True, True)] if args.compile else []
+                cases += [("no cache", False, False)] if batch == 8 and not guided else []
+                for label, cache, compiled in cases:
                     scale = 3.0 if guided else 1.0
-                    sec = time_sampling(model, text, repeats if cache else 1, scale, cache)
+                    sec = time_sampling(
+                        model, text, repeats if cache else 1, scale, cache, compiled
+                    )
                     key = f"{name} batch {batch}{' guided' if guided else ''} {label}"
                     report["sampling"][key] = round(batch * cfg.image_len / sec, 1)
+                    if compiled:  # the first call: compiling (once per batch-1 / batch > 1)
+                        report["warmup_s"][key] = round(WARMUP_S[0], 2)
         # Training: forward + backward + AdamW at batch 32 from codes.
-        objective = DalleObjective(TransformerTrainConfig(caption_dropout=0.0))
         text = torch.randint(1, cfg.text_vocab, (32, cfg.text_len))
         codes = torch.randint(0, cfg.image_vocab, (32, cfg.image_len))
-        sec = time_step(model, objective, (text, codes), repeats)
-        tokens = 32 * cfg.seq_len / sec
-        achieved = 3 * flops_per_token(cfg) * tokens / 1e9
-        report["training"][name] = {
-            "tokens_per_s": round(tokens),
-            "gflops": round(achieved, 1),
-            "mfu": round(achieved / ceiling, 3),
-            "flops_per_token_forward": round(flops_per_token(cfg)),
-        }
+        for compiled in (False, True) if args.compile else (False,):
+            objective = DalleObjective(TransformerTrainConfig(caption_dropout=0.0),
+                                       compile=compiled)  # fmt: skip
+            sec = time_step(model, objective, (text, codes), repeats)
+            tokens = 32 * cfg.seq_len / sec
+            achieved = 3 * flops_per_token(cfg) * tokens / 1e9  # the same FLOPs, compiled or not
+            report["training_compiled" if compiled else "training"][name] = {
+                "tokens_per_s": round(tokens),
+                "gflops": round(achieved, 1),
+                "mfu": round(achieved / ceiling, 3),
+                "flops_per_token_forward": round(flops_per_token(cfg)),
+            }
+            if compiled:
+                report["warmup_s"][f"{name} training"] = round(WARMUP_S[0], 2)
 
     # Sampling time against image tokens, with the cache, batch 8.
     report["sampling_scaling"] = {}
@@ -254,10 +289,14 @@ def main() -> int:
     print(f"{'sampling (image tokens/s)':<34} {'value':>10}")
     for key, value in report["sampling"].items():
         print(f"{key:<34} {value:>10}")
-    for name, r in report["training"].items():
-        print(
-            f"training {name}, batch 32: {r['tokens_per_s']} tokens/s, {r['gflops']} GFLOP/s, MFU {r['mfu']:.0%}"
-        )
+    for label in ("training", "training_compiled"):
+        for name, r in report.get(label, {}).items():
+            print(
+                f"{label.replace('_', ' ')} {name}, batch 32: {r['tokens_per_s']} tokens/s, "
+                f"{r['gflops']} GFLOP/s, MFU {r['mfu']:.0%}"
+            )
+    for key, sec in report.get("warmup_s", {}).items():
+        print(f"first call, compiling included: {key} {sec} s")
     for tokens, r in report["sampling_scaling"].items():
         print(
             f"sampling {tokens:>5} image tokens, batch 8, cache: {r['seconds']} s ({r['tokens_per_s']} tokens/s)"

@@ -218,6 +218,29 @@ def test_generate_contract(trained, tmp_path):
     assert (out / lines[0]["file"]).read_bytes() == first  # same seed, same image
 
 
+def test_generate_compile_without_a_compiler_warns_and_draws_the_same(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """``--compile`` reaches the sampler; with no working compiler (simulated) it is one
+    warning line and the eager path, so the images are those of a run without the flag."""
+
+    def no_compiler(fn, **options):
+        raise RuntimeError("Compiler: cc not found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    argv = ["generate", "--model", str(trained["model"]), "a red circle", "--num-images", "2"]
+    assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "torch.compile failed" in warnings[0], err
+    assert "compile: 0.0 s compiling the decode step" in out
+    for name in ("0000_00.png", "0000_01.png"):
+        assert (tmp_path / "eager" / name).read_bytes() == (tmp_path / "compiled" / name).read_bytes()
+    assert DallePipeline.from_pretrained(trained["model"], compile=True).compile
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -20,6 +20,10 @@ its Figure 2): the dVAE encodes ``image``, the transformer keeps its top ``keep_
 codes as given and samples the rest under each prompt. An empty prompt then asks for
 variations (the all-pad caption that caption dropout trains, "more like this"); reranking a
 variation ranks by CLIP's similarity to the source picture instead of to a caption.
+
+``DallePipeline(..., compile=True)`` (or ``from_pretrained(..., compile=True)``) samples
+through ``torch.compile``: the first call pays a one-off compile (:attr:`DallePipeline.compile_s`),
+later calls take faster steps; without a working compiler, one warning and the eager path.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle import DALLE
 from dalle.models.vae import DiscreteVAE
-from dalle.sampling import SamplingConfig, sample_codes
+from dalle.sampling import SamplingConfig, compiled_step, sample_codes
 from dalle.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -81,6 +85,7 @@ class DallePipeline:
     clip: CLIP | None = None
     examples: list[str] = field(default_factory=list)  # prompts to suggest (``dalle serve``)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # a call's defaults
+    compile: bool = False  # sample through torch.compile (dalle.sampling.compiled_step)
 
     def __post_init__(self) -> None:
         check_compatible(self.tokenizer, self.vae, self.transformer, self.clip)
@@ -90,8 +95,10 @@ class DallePipeline:
             self.clip.eval()
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> DallePipeline:
-        """Load a folder written by :meth:`save_pretrained`."""
+    def from_pretrained(
+        cls, directory: str | Path, device: str = "cpu", compile: bool = False
+    ) -> DallePipeline:
+        """Load a folder written by :meth:`save_pretrained`; ``compile`` as the field."""
         directory = Path(directory)
         if not directory.is_dir():
             what = "is a file" if directory.exists() else "does not exist"
@@ -109,7 +116,7 @@ class DallePipeline:
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
         sampling = _read_sampling(directory / GENERATION_FILE, has_clip)
         examples = _read_examples(directory / EXAMPLES_FILE)
-        return cls(tokenizer, vae, transformer, clip, examples, sampling)
+        return cls(tokenizer, vae, transformer, clip, examples, sampling, compile)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the parts into ``directory`` (each file atomically), the sampling defaults
@@ -133,6 +140,12 @@ class DallePipeline:
     @property
     def device(self) -> torch.device:
         return self.transformer.head.weight.device
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds this process has spent compiling the transformer's decode step (0 without
+        :attr:`compile`): the warm-up that later calls no longer pay."""
+        return compiled_step(self.transformer).compile_s if self.compile else 0.0
 
     def encode_prompts(self, prompts: list[str], allow_empty: bool = False) -> torch.Tensor:
         """Prompts -> text ids ``(N, text_len)``; a long one is cut to ``text_len`` tokens with a
@@ -227,6 +240,7 @@ class DallePipeline:
                 cond_scale=s.cond_scale,
                 prime=None if kept is None else kept[done : done + len(t)],
                 callback=step,
+                compile=self.compile,
             )
             chunks.append(codes)  # (rows, h*w)
         return torch.cat(chunks)

@@ -5,7 +5,8 @@ and nucleus (top-p) filtering. Classifier-free guidance (Ho & Salimans 2021, a l
 to DALL-E-style samplers) runs conditional and all-pad rows in one batch and mixes their logits
 ``uncond + cond_scale * (cond - uncond)``. Priming keeps the first rows of an image as given.
 With the KV cache each new code costs one position; without it, one full forward pass (the
-baseline of ``benchmarks/speed.py``). Every random draw uses the caller's generator.
+baseline of ``benchmarks/speed.py``). Every random draw uses the caller's generator. The
+cached step can run through ``torch.compile`` (``compile=True``, :func:`compiled_step`).
 
 :class:`SamplingConfig` holds the settings that travel together (and CLIP reranking's
 candidate count): a model folder ships its defaults as ``generation.json`` (see
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dalle.compiling import Compiled
 from dalle.models.dalle import DALLE
+from dalle.models.transformer import KVCache
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,9 @@ def sample_next(
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
     logits = logits.float()
     t = max(temperature, torch.finfo(logits.dtype).tiny)  # a smaller one is 0 in float32
-    logits = (logits - logits.amax(-1, keepdim=True)) / t  # the best at 0: a tiny t is greedy
+    logits = logits - logits.amax(-1, keepdim=True)  # the best at 0: a tiny t is greedy
+    if t != 1.0:  # x / 1 is x: one op less per step
+        logits = logits / t
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -145,6 +151,28 @@ def sample_next(
         ) from None
 
 
+_COMPILED: weakref.WeakKeyDictionary[DALLE, Compiled] = weakref.WeakKeyDictionary()
+
+
+def _decode(model: DALLE, codes: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    return model.decode_step(codes, cache, start)
+
+
+def _eager(model: DALLE, codes: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    return model.unchecked_step(codes, cache)  # start == cache.pos
+
+
+def compiled_step(model: DALLE) -> Compiled:
+    """``model``'s cached step under ``torch.compile``, called as ``step(model, codes, cache,
+    start)`` (see :meth:`DALLE.decode_step`): one per model, kept while the model lives,
+    compiled on first use with dynamic shapes (every position and batch size > 1 share one
+    graph; batch 1 gets its own). If compiling fails it warns once and runs the eager step.
+    ``compile_s``: the seconds spent compiling so far."""
+    if model not in _COMPILED:
+        _COMPILED[model] = Compiled(_decode, "the decode step", fallback=_eager, dynamic=True)
+    return _COMPILED[model]
+
+
 @torch.no_grad()
 def sample_codes(
     model: DALLE,
@@ -158,6 +186,7 @@ def sample_codes(
     prime: torch.Tensor | None = None,
     use_cache: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Generate image codes ``(B, image_len)`` for captions ``text`` (B, text_len).
 
@@ -167,6 +196,10 @@ def sample_codes(
     on the model's device. The caller's tensors are never modified. ``callback(done, total)``,
     if given, is called after each sampled position (``total = image_len`` less the primed
     codes); an exception it raises stops sampling and propagates (how a server cancels).
+    ``compile`` runs the cached step through ``torch.compile`` (:func:`compiled_step`; the
+    uncached path ignores it): the first call per model pays the compile (batch 1 once more),
+    later ones reuse it; its logits agree with the eager step's to float rounding, so a draw
+    sitting on a probability boundary may differ.
     """
     _check_options(temperature, top_k, top_p)
     if not math.isfinite(cond_scale):
@@ -210,12 +243,21 @@ def sample_codes(
             cache = model.new_cache(text.shape[0])
             prefix = both(codes[:, :n0]) if n0 else None
             logits = model.prefill(text, cache, prefix)  # (B or 2B, image_vocab)
+            step = compiled_step(model) if compile else _eager
+            if compile:  # one compiled graph for every batch size > 1
+                torch._dynamo.maybe_mark_dynamic(cache.k, 1)
+                torch._dynamo.maybe_mark_dynamic(cache.v, 1)
+            feed = torch.empty(text.shape[0], dtype=torch.long, device=device)  # a step's input
             for i in range(n0, n):
-                codes[:, i] = draw(logits)
+                drawn = draw(logits)  # (B,)
+                codes[:, i] = drawn
                 if callback is not None:
                     callback(i + 1 - n0, n - n0)
                 if i < n - 1:
-                    logits = model.step(both(codes[:, i]), cache)
+                    feed.view(-1, b).copy_(drawn)  # into both halves when guided
+                    start = cache.pos
+                    logits = step(model, feed, cache, start)
+                    cache.pos = start + 1  # the compiled step leaves it to us
         else:
             o = cfg.text_vocab_total
             for i in range(n0, n):

@@ -93,7 +93,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> No
 
 def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
     """The :class:`dalle.train.RunConfig` of the checkpoint flags, ``--save-every``,
-    ``--resume`` and ``--force``."""
+    ``--resume``, ``--force`` and (where the command has it) ``--compile``."""
     from dalle.train.config import CheckpointConfig, RunConfig
 
     checkpoint = CheckpointConfig(
@@ -105,4 +105,5 @@ def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
         resume=args.resume,
         force=args.force,
         device=device or "cpu",
+        compile=getattr(args, "compile", False),
     )

@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "fp16"),
         help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
     )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the training step with torch.compile (a one-off compile at the first "
+        "step; without a working compiler: a warning and the usual path)",
+    )
     t.add_argument("--seed", type=seed_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
     add_checkpoint_args(t, minutes=True)

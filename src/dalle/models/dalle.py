@@ -107,13 +107,15 @@ class DALLE(nn.Module):
 
     def _embed_image(self, image: torch.Tensor, first: int) -> torch.Tensor:
         """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``."""
-        idx = torch.arange(first, first + image.shape[1], device=image.device)
         g, palette = self.cfg.image_grid, self.cfg.image_palette
         if palette:
             pattern, colour = split_codes(image.long(), palette)
             codes = self.image_emb(pattern) + self.image_emb(self.cfg.image_vocab // palette + colour)
         else:
             codes = self.image_emb(image.long())
+        if image.shape[1] == 1:  # one step: rows of the tables
+            return codes + self.row_emb.weight[first // g] + self.col_emb.weight[first % g]
+        idx = first + torch.arange(image.shape[1], device=image.device)
         return codes + self.row_emb(idx // g) + self.col_emb(idx % g)  # (B, n, C)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -148,6 +150,11 @@ class DALLE(nn.Module):
         states ``(B, text_len + n, C)``, before the head."""
         self.check_text(text)
         self.check_image(image, text.shape[0], self.cfg.image_len)
+        return self.unchecked_hidden(text, image)
+
+    def unchecked_hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`hidden` without its checks (which read the ids, so a compiled loss does
+        them first, outside the graph)."""
         x = torch.cat([self._embed_text(text), self._embed_image(image, 0)], dim=1)  # (B, L, C)
         return self.transformer(self.drop(x))
 
@@ -185,6 +192,20 @@ class DALLE(nn.Module):
                 f"expected codes of shape ({cache.batch_size},), got {tuple(codes.shape)}"
             )
         check_ids(codes, "image ids", self.cfg.image_vocab)
-        x = self._embed_image(codes[:, None], i)  # (B, 1, C)
+        return self.unchecked_step(codes, cache)
+
+    def unchecked_step(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """:meth:`step` without its checks (a sampler's loop feeds the codes it drew)."""
+        x = self._embed_image(codes[:, None], cache.pos - self.cfg.text_len)  # (B, 1, C)
         h = self.transformer(self.drop(x), cache, cache.pos)
+        return self.image_logits(h[:, -1])
+
+    def decode_step(self, codes: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """:meth:`unchecked_step` at input position ``start`` (``text_len`` + the code's
+        index), in the form ``torch.compile`` compiles once for every step and batch size
+        (:meth:`dalle.models.transformer.Transformer.decode`); the caller advances
+        ``cache.pos``. Logits ``(B, image_vocab)`` for the next code, equal to the eager
+        step's to float rounding."""
+        x = self._embed_image(codes[:, None], start - self.cfg.text_len)  # (B, 1, C)
+        h = self.transformer.decode(self.drop(x), cache, start)
         return self.image_logits(h[:, -1])

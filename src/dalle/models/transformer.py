@@ -112,9 +112,45 @@ class KVCache:
         """Forget every position; the buffers are kept (entries past ``pos`` are never read)."""
         self.pos = 0
 
+    def update(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, in_place: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``layer``'s keys and values ``(B, H, T, D)`` at positions ``[start, start + T)``
+        and return its keys and values ``[0, start + T)`` (views of the buffers). ``in_place``
+        writes through the stacked buffers themselves (``index_put_``), never through a view of
+        them: a compiled step would otherwise copy whole buffers at every step."""
+        end = start + k.shape[2]
+        if in_place:
+            b, h, dev = k.shape[0], k.shape[1], k.device
+            at = (torch.tensor(layer, device=dev), torch.arange(b, device=dev)[:, None, None],
+                  torch.arange(h, device=dev)[None, :, None],
+                  torch.arange(start, end, device=dev))  # fmt: skip
+            self.k.index_put_(at, k.to(self.k.dtype))  # indices broadcast to (B, H, T)
+            self.v.index_put_(at, v.to(self.v.dtype))
+        else:
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(D) + mask) v`` spelled out: ``q`` (B, H, T, D), ``k``, ``v``
+    (B, H, S, D), ``mask`` (T, S) bool or (H, T, S) additive -> (B, H, T, D). What
+    ``scaled_dot_product_attention`` computes (to float rounding), in ops that Inductor fuses
+    into one loop per layer, where the fused kernel would stay one opaque call per layer."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, S)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    return scores.softmax(-1) @ v
+
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` with a boolean mask."""
+    """Multi-head self-attention through ``scaled_dot_product_attention`` with a boolean mask
+    (in the compiled decode step, :func:`explicit_attention`)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -126,23 +162,26 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
         start: int = 0,
         is_causal: bool = False,
+        compiled: bool = False,
     ) -> torch.Tensor:
         """``x`` (B, T, C) at positions ``[start, start + T)``; ``mask`` (T, S) rows of those
-        queries over keys ``[0, S)`` (``None``: every key); ``kv`` this layer's cache buffers
-        (B, H, max_len, D)."""
+        queries over keys ``[0, S)`` (``None``: every key); with a ``cache`` the keys and values
+        are this ``layer``'s there. ``compiled``: the form written for ``torch.compile`` (the
+        cache written in place, :func:`explicit_attention`)."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=-1)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
-        if kv is not None:  # (B, H, T, D) written at [start, start + T), read back from 0
-            end = start + t
-            kv[0][:, :, start:end] = k
-            kv[1][:, :, start:end] = v
-            k, v = kv[0][:, :, :end].to(q.dtype), kv[1][:, :, :end].to(q.dtype)
+        if cache is not None:  # (B, H, T, D) written at start, (B, H, S, D) read back
+            k, v = cache.update(layer, start, k, v, in_place=compiled)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         p = self.dropout if self.training else 0.0
-        if is_causal:  # the same mask, but lets fused kernels skip reading it
+        if compiled and not p:
+            y = explicit_attention(q, k, v, mask)
+        elif is_causal:  # the same mask, but lets fused kernels skip reading it
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -180,11 +219,14 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
         start: int = 0,
         is_causal: bool = False,
+        compiled: bool = False,
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask, kv, start, is_causal))
+        y = self.attn(self.norm1(x), mask, cache, layer, start, is_causal, compiled)
+        x = x + self.drop(y)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -238,14 +280,24 @@ class Transformer(nn.Module):
         # ALiBi biases caption queries only: image queries need no more than the bool mask.
         plain = not self.cfg.text_alibi or start >= self.cfg.text_len
         for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
             full = layer.kind == "full" and plain
             causal = full and start == 0  # the square causal mask: fused kernels skip reading it
             # One new query under full attention sees every key so far: no mask at all.
             mask = None if full and t == 1 else self.mask(layer.kind)[..., start:end, :end]
-            x = layer(x, mask, kv, start, causal)
+            x = layer(x, mask, cache, i, start, causal)
         if cache is not None:
             cache.pos = end
+        return self.norm(x)
+
+    def decode(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """:meth:`forward` with a cache, written for ``torch.compile`` with dynamic shapes, so
+        that one compiled graph serves every step and batch size: each layer writes its keys
+        and values in place and attends over ``[0, start + T)`` with
+        :func:`explicit_attention` through its mask's rows. Unchecked, and ``cache.pos`` is
+        the caller's to advance."""
+        end = start + x.shape[1]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.mask(layer.kind)[..., start:end, :end], cache, i, start, False, True)
         return self.norm(x)
 
     def _check_cache(self, cache: KVCache, batch: int, start: int, end: int) -> None:

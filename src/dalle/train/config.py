@@ -91,7 +91,8 @@ class RunConfig:
     """How a training run uses its folder. ``save_every`` steps the model folder (and sample
     or reconstruction grids) is written; with ``checkpoint`` the full training state too, so
     that ``resume`` continues exactly. A run folder that is not empty is refused unless
-    ``force`` or ``resume``."""
+    ``force`` or ``resume``. ``compile``: the transformer stage compiles its training step
+    with ``torch.compile`` (a speed option, so a run may resume with or without it)."""
 
     save_every: int = 500
     checkpoint: CheckpointConfig | None = None
@@ -99,6 +100,7 @@ class RunConfig:
     force: bool = False
     progress: bool = True
     device: str = "cpu"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dalle.compiling import Compiled
 from dalle.config import TRANSFORMER_PRESETS, TransformerConfig, to_dict
 from dalle.data.sources import example_captions
 from dalle.data.tokens import TokenSet, token_batches
@@ -48,14 +49,32 @@ def dalle_loss(
     means in nats, as floats. The last image code is only a target, so the model sees
     ``image[:, :-1]``.
     """
+    check_loss_inputs(model, text, image, text_weight, image_weight)
+    loss, text_loss, image_loss = loss_terms(model, text, image, text_weight, image_weight)
+    return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
+
+
+def check_loss_inputs(
+    model: DALLE, text: torch.Tensor, image: torch.Tensor, text_weight: float, image_weight: float
+) -> None:
+    """The ``ValueError`` checks of :func:`dalle_loss`."""
     if image.ndim != 2 or image.shape[1] < 1:
         raise ValueError(f"expected image codes of shape (B, n >= 1), got {tuple(image.shape)}")
     if text_weight < 0 or image_weight < 0:
         raise ValueError(f"expected weights >= 0, got {text_weight}, {image_weight}")
+    model.check_text(text)
+    model.check_image(image[:, :-1], text.shape[0], model.cfg.image_len)
+
+
+def loss_terms(
+    model: DALLE, text: torch.Tensor, image: torch.Tensor, text_weight: float, image_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`dalle_loss` as tensors ``(loss, text_loss, image_loss)``, unchecked: what the
+    ``compile`` option of :class:`DalleObjective` compiles."""
     cfg = model.cfg
     t = cfg.text_len
     # Each position through the head of the modality it predicts, never the full vocabulary.
-    h = model.hidden(text, image[:, :-1])  # (B, text_len + n - 1, C)
+    h = model.unchecked_hidden(text, image[:, :-1])  # (B, text_len + n - 1, C)
     text_logits = model.text_logits(h[:, : t - 1]).float()  # (B, text_len - 1, text_vocab_total)
     text_targets = model.text_tokens(text)[:, 1:]
     text_loss = F.cross_entropy(text_logits.flatten(0, 1), text_targets.flatten())
@@ -69,8 +88,7 @@ def dalle_loss(
         )
     else:
         image_loss = F.cross_entropy(factors, codes)
-    loss = text_weight * text_loss + image_weight * image_loss
-    return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
+    return text_weight * text_loss + image_weight * image_loss, text_loss, image_loss
 
 
 def caption_dropout(
@@ -87,11 +105,19 @@ def caption_dropout(
 
 class DalleObjective(SeededObjective):
     """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
-    its generator draws the caption dropout."""
+    its generator draws the caption dropout. ``compile`` runs :func:`loss_terms` (forward and
+    backward) through ``torch.compile``, compiled at the first step (without a working
+    compiler: one warning, then eagerly)."""
 
-    def __init__(self, cfg: TransformerTrainConfig, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        cfg: TransformerTrainConfig,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+    ):
         super().__init__(generator)
         self.cfg = cfg
+        self.terms = Compiled(loss_terms, "the training step") if compile else loss_terms
 
     def __call__(
         self, model: DALLE, batch: tuple[torch.Tensor, torch.Tensor], step: int
@@ -99,7 +125,10 @@ class DalleObjective(SeededObjective):
         text, codes = batch
         if self.cfg.caption_dropout:
             text = caption_dropout(text, self.cfg.caption_dropout, self.generator)
-        return dalle_loss(model, text, codes, self.cfg.text_weight, self.cfg.image_weight)
+        weights = self.cfg.text_weight, self.cfg.image_weight
+        check_loss_inputs(model, text, codes, *weights)
+        loss, text_loss, image_loss = self.terms(model, text, codes, *weights)
+        return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
 
 def fit_transformer(
@@ -111,11 +140,13 @@ def fit_transformer(
     progress: bool = True,
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
+    compile: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
-    ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`."""
+    ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`; ``compile`` as in
+    :class:`DalleObjective`."""
     torch.manual_seed(cfg.seed)
-    objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed))
+    objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed), compile)
     return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "train",
                  progress, checkpoint=checkpoint, resume=resume)  # fmt: skip
 
@@ -183,7 +214,6 @@ def train_transformer(
 
     batches = token_batches(text, tokens.codes, cfg.batch_size, cfg.seed)
     callbacks = [Callback(run.save_every, save)]
-    metrics = fit_transformer(
-        pipe.transformer, cfg, batches, out, callbacks, run.progress, run.checkpoint, run.resume
-    )
+    metrics = fit_transformer(pipe.transformer, cfg, batches, out, callbacks, run.progress,
+                              run.checkpoint, run.resume, run.compile)  # fmt: skip
     return Trained(pipe, out, metrics)
