@@ -12,7 +12,7 @@ the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,15 +42,18 @@ def dalle_loss(
     image: torch.Tensor,
     text_weight: float = 1 / 8,
     image_weight: float = 7 / 8,
+    terms: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``text`` (B, text_len), ``image`` (B, n >= 1) codes -> ``(loss, {"text_loss", "image_loss"})``.
 
     ``loss = text_weight * text_loss + image_weight * image_loss``; the metrics are the two
     means in nats, as floats. The last image code is only a target, so the model sees
-    ``image[:, :-1]``.
+    ``image[:, :-1]``. The inputs are checked here, then ``terms`` (default
+    :func:`loss_terms`; a compiled one in :class:`DalleObjective`) computes the tensors.
     """
     check_loss_inputs(model, text, image, text_weight, image_weight)
-    loss, text_loss, image_loss = loss_terms(model, text, image, text_weight, image_weight)
+    terms = loss_terms if terms is None else terms
+    loss, text_loss, image_loss = terms(model, text, image, text_weight, image_weight)
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
 
@@ -126,9 +129,7 @@ class DalleObjective(SeededObjective):
         if self.cfg.caption_dropout:
             text = caption_dropout(text, self.cfg.caption_dropout, self.generator)
         weights = self.cfg.text_weight, self.cfg.image_weight
-        check_loss_inputs(model, text, codes, *weights)
-        loss, text_loss, image_loss = self.terms(model, text, codes, *weights)
-        return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
+        return dalle_loss(model, text, codes, *weights, terms=self.terms)
 
 
 def fit_transformer(
