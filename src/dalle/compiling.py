@@ -5,8 +5,9 @@ the CPU, Triton on CUDA) with static shapes and no graph breaks allowed, later c
 compiled code (a new input shape compiles once more). When compiling fails, whatever the
 reason (no compiler, an unsupported platform, a graph break), one line goes to stderr, the call
 runs eagerly, and so does every later one: compiling is a speed option, never a new way to
-fail. The sampler (``dalle.sampling``) compiles the static-shape decode step; the transformer
-trainer (``dalle.train.dalle``) its loss.
+fail. The sampler (``dalle.sampling``) compiles the cached decode step (with dynamic shapes: one
+graph for every position and batch size); the transformer trainer (``dalle.train.dalle``) its
+loss.
 """
 
 from __future__ import annotations
