@@ -172,3 +172,39 @@ def test_ema_of_the_weights_matches_a_hand_computed_average(tmp_path):
     assert not torch.allclose(averaged.weight, plain.weight)
     with pytest.raises(ValueError, match="ema decay must be in"):
         OptimConfig(steps=1, lr=0.1, ema=1.0)
+
+
+class Timed(Regression):
+    """Regression that sleeps ``per_step`` seconds a call and ``first`` more on its first call
+    (a stand-in for a compile); it records the autocast dtype each call ran under."""
+
+    def __init__(self, per_step: float, first: float = 0.0):
+        super().__init__()
+        self.per_step, self.first, self.calls, self.dtypes = per_step, first, 0, []
+
+    def __call__(self, model, batch, step):
+        import time
+
+        time.sleep(self.per_step + (self.first if self.calls == 0 else 0.0))
+        self.calls += 1
+        self.dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return super().__call__(model, batch, step)
+
+
+def test_steps_for_budget_times_the_trainers_step_and_charges_a_compile_twice():
+    from dalle.train.loop import steps_for_budget
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = Timed(0.02)
+    n = steps_for_budget(model, plain, itertools.cycle(_batches(4, 8)), 2.0, probe=5, warmup=2)
+    assert plain.calls == 7 and plain.dtypes == [None] * 7
+    assert 80 <= n <= 97  # (2 s - the probe's ~0.14 s) / 0.02 s, less Python overhead
+    compiled = Timed(0.02, first=0.5)  # the run will compile again: 1 s of the 2 s are gone
+    m = steps_for_budget(model, compiled, itertools.cycle(_batches(4, 8)), 2.0, probe=5, warmup=2)
+    assert 30 <= m <= 47
+    bf16 = Timed(0.0)
+    optim = OptimConfig(steps=1, lr=1e-3, precision="bf16")
+    steps_for_budget(model, bf16, itertools.cycle(_batches(4, 8)), 1.0, optim, probe=2, warmup=1)
+    assert bf16.dtypes == [torch.bfloat16] * 3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched

@@ -1,6 +1,7 @@
-"""Training within a time budget: how many steps of a stage's objective fit in a number of
-seconds on this machine, measured on throwaway copies of the models (the demo and the
-benchmarks size their runs this way)."""
+"""Training within a time budget: how many steps of a stage's recipe fit in a number of seconds
+on this machine, timed through the trainer's own step (the recipe's precision, accumulation
+and AdamW; the transformer's compiled step when it compiles) on throwaway copies of the models.
+The demo and the benchmarks size their runs this way."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def vae_steps_within(
         probe = VAEObjective(recipe)
     batches = data.batches(model.image_size, recipe.batch_size, recipe.seed)
     images = (b["image"] for b in batches)
-    return steps_for_budget(DiscreteVAE(model), probe, images, seconds)
+    return steps_for_budget(DiscreteVAE(model), probe, images, seconds, recipe.optim())
 
 
 def transformer_steps_within(
@@ -42,12 +43,15 @@ def transformer_steps_within(
     tokenizer: Tokenizer,
     recipe: TransformerTrainConfig,
     model: TransformerConfig | None = None,
+    compile: bool = False,
 ) -> int:
-    """Steps of the transformer objective that fit in ``seconds``."""
+    """Steps of the transformer objective that fit in ``seconds``; with ``compile``, of its
+    compiled step, less the seconds the run will spend compiling it."""
     cfg = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
     text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
     batches = token_batches(text, tokens.codes[:256], recipe.batch_size)
-    return steps_for_budget(DALLE(cfg), DalleObjective(recipe), batches, seconds)
+    objective = DalleObjective(recipe, compile=compile)
+    return steps_for_budget(DALLE(cfg), objective, batches, seconds, recipe.optim())
 
 
 def clip_steps_within(
@@ -62,4 +66,4 @@ def clip_steps_within(
     cfg = model or CLIP_PRESETS["tiny"]
     batches = data.batches(cfg.image_size, recipe.batch_size, recipe.seed)
     objective = CLIPObjective(tokenizer, data.positives)
-    return steps_for_budget(CLIP(cfg), objective, batches, seconds)
+    return steps_for_budget(CLIP(cfg), objective, batches, seconds, recipe.optim())

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -393,24 +393,35 @@ def steps_for_budget(
     objective: Objective,
     batches: Iterator[Any],
     seconds: float,
+    optim: OptimConfig | None = None,
     probe: int = 10,
     at_least: int = 10,
     warmup: int = 3,
 ) -> int:
-    """How many steps of ``objective`` fit in ``seconds``: times ``probe`` steps (after
-    ``warmup`` untimed ones: the first steps pay for allocations and kernel selection) on a
-    throwaway copy of ``model``, so the model itself is untouched."""
-    import copy
+    """How many steps of ``objective`` fit in ``seconds``, timed through the trainer's own
+    step (``optim``'s precision, accumulation, clipping and AdamW; default: fp32, one batch)
+    on a throwaway copy of ``model``, so the model itself is untouched.
 
-    trial = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(trial.parameters(), lr=0.0, fused=fusable(trial))
-    t0 = 0.0
-    for i in range(warmup + probe):
-        if i == warmup:
-            t0 = time.perf_counter()
-        loss, _ = objective(trial, next(batches), 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    per_step = (time.perf_counter() - t0) / probe
-    return max(at_least, int(seconds / per_step))
+    ``probe`` steps are timed after ``warmup`` untimed ones (allocations, kernel selection and,
+    for a compiled objective, the compile). The probe's own seconds are spent from the budget,
+    and warm-up seconds beyond what ``warmup`` ordinary steps take (a compile) are counted once
+    more: the real run pays them again.
+    """
+    import copy
+    import tempfile
+
+    t_start = time.perf_counter()
+    cfg = replace(optim or OptimConfig(steps=1, lr=1e-3), steps=warmup + probe, ema=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(copy.deepcopy(model).train(), objective, batches, cfg, Path(tmp))
+        t_warm = time.perf_counter()
+        for i in range(warmup):
+            trainer.step(i, "probe")
+        t0 = time.perf_counter()
+        for i in range(warmup, warmup + probe):
+            trainer.step(i, "probe")
+        t1 = time.perf_counter()
+    per_step = (t1 - t0) / probe
+    excess = max(0.0, (t0 - t_warm) - warmup * per_step)  # a compile, paid again by the run
+    left = seconds - (time.perf_counter() - t_start) - excess
+    return max(at_least, int(left / per_step))
