@@ -30,6 +30,7 @@ CONFIGS = {  # every attention kind in one model, then the options that change t
     "alibi+palette": dataclasses.replace(
         BASE, text_alibi=True, image_palette=4, depth=2, attention=("full", "conv")
     ),
+    "text encoder": dataclasses.replace(BASE, text_depth=2, depth=2, attention=("full", "row")),
 }
 
 

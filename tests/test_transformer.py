@@ -93,13 +93,14 @@ def test_attention_follows_mask():
 
 
 @pytest.mark.parametrize(
-    ("attention", "alibi"),
-    [((k, k), False) for k in KINDS]
-    + [(("row", "column"), False), (("full", "conv"), False)]
-    + [(("full", "full"), True), (("row", "conv"), True)],
+    ("attention", "alibi", "text_depth"),
+    [((k, k), False, 0) for k in KINDS]
+    + [(("row", "column"), False, 0), (("full", "conv"), False, 0)]
+    + [(("full", "full"), True, 0), (("row", "conv"), True, 0)]
+    + [(("full", "row"), False, 2)],
 )
-def test_cached_logits_equal_full_forward(attention, alibi):
-    model = model_for(attention=attention, text_alibi=alibi)
+def test_cached_logits_equal_full_forward(attention, alibi, text_depth):
+    model = model_for(attention=attention, text_alibi=alibi, text_depth=text_depth)
     cfg = model.cfg
     text, image = batch(cfg)
     full = model(text, image)  # (B, L, V)
@@ -148,9 +149,27 @@ def test_text_alibi_attention_matches_a_hand_computation():
     torch.testing.assert_close(got[image_rows], y_plain[image_rows], atol=1e-6, rtol=0)
 
 
+def test_text_encoder_is_causal_and_off_by_default():
+    """A caption position's encoding depends on that token and earlier ones only (the caption
+    loss stays valid); with ``text_depth`` 0 the model is the one without the option."""
+    model = model_for(text_depth=2, attention=("full", "full"))
+    text, _ = batch(model.cfg)
+    j = 3
+    changed = text.clone()
+    changed[:, j] = (text[:, j] % (model.cfg.text_vocab - 1)) + 1  # another non-pad id
+    a, b = model._embed_text(text), model._embed_text(changed)
+    same = (a - b).abs().amax(dim=(0, 2)) == 0  # (text_len,)
+    assert same[:j].all() and not same[j:].any()
+    assert len(model.text_encoder) == 2
+    plain = model_for(attention=("full", "full"))
+    assert len(plain.text_encoder) == 0
+    assert not any(k.startswith("text_encoder") for k in plain.state_dict())
+
+
 def test_config_saved_before_a_field_was_added_loads_with_its_default():
     saved = to_dict(TINY)
-    del saved["text_alibi"]  # a transformer/config.json written before the option existed
+    del saved["text_alibi"]  # a transformer/config.json written before the options existed
+    del saved["text_depth"]
     assert from_dict(TransformerConfig, saved) == TINY
     del saved["dim"]  # but every original field is still required
     with pytest.raises(ValueError, match=r"missing field\(s\) \['dim'\]"):

@@ -212,8 +212,13 @@ class TransformerConfig:
     # the score of an earlier caption token (m_h = 2^(-8h/heads)), so a word gathers the words
     # of its own phrase first. Image queries are unaffected.
     text_alibi: bool = False
+    # A text encoder: ``text_depth`` causal blocks over the caption alone before the joint
+    # stack (a word can gather its phrase before any image token reads it; the caption loss
+    # stays valid). It runs once per caption, in training and at prefill: ~free next to the
+    # image tokens.
+    text_depth: int = 0
 
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("text_alibi",)  # older folders lack them
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("text_alibi", "text_depth")  # older folders lack them
 
     def __post_init__(self) -> None:
         _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
@@ -227,6 +232,7 @@ class TransformerConfig:
             f"got {self.image_palette}",
         )
         _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _require(self.text_depth >= 0, f"text_depth must be >= 0, got {self.text_depth}")
         _require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
         _require(
             self.dim >= 1 and self.dim % self.heads == 0,

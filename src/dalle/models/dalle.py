@@ -28,7 +28,7 @@ from dalle.config import TransformerConfig
 from dalle.models.checks import check_ids
 from dalle.models.codebook import product_logits, split_codes
 from dalle.models.folder import load_component, save_component
-from dalle.models.transformer import KVCache, Transformer
+from dalle.models.transformer import Block, KVCache, Transformer
 
 
 class DALLE(nn.Module):
@@ -43,6 +43,9 @@ class DALLE(nn.Module):
         self.row_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.col_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
+        self.text_encoder = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.text_depth)
+        )
         self.transformer = Transformer(cfg)
         self.head = nn.Linear(cfg.dim, cfg.text_vocab_total + cfg.image_factors)
         self.apply(self._init_weights)
@@ -102,8 +105,12 @@ class DALLE(nn.Module):
         return torch.where(text == 0, pads, text.long())
 
     def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``(B, text_len)`` ids -> ``(B, text_len, C)``: embedded, through the text encoder."""
         pos = torch.arange(self.cfg.text_len, device=text.device)
-        return self.text_emb(self.text_tokens(text)) + self.text_pos_emb(pos)  # (B, text_len, C)
+        x = self.text_emb(self.text_tokens(text)) + self.text_pos_emb(pos)
+        for block in self.text_encoder:
+            x = block(x, None, is_causal=True)
+        return x
 
     def _embed_image(self, image: torch.Tensor, first: int) -> torch.Tensor:
         """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``."""
