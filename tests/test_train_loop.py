@@ -191,7 +191,7 @@ class Timed(Regression):
         return super().__call__(model, batch, step)
 
 
-def test_steps_for_budget_times_the_trainers_step_and_charges_a_compile_twice():
+def test_steps_for_budget_times_the_trainers_step_and_charges_its_own_seconds():
     from dalle.train.loop import steps_for_budget
 
     model = _model()
@@ -200,9 +200,9 @@ def test_steps_for_budget_times_the_trainers_step_and_charges_a_compile_twice():
     n = steps_for_budget(model, plain, itertools.cycle(_batches(4, 8)), 2.0, probe=5, warmup=2)
     assert plain.calls == 7 and plain.dtypes == [None] * 7
     assert 80 <= n <= 97  # (2 s - the probe's ~0.14 s) / 0.02 s, less Python overhead
-    compiled = Timed(0.02, first=0.5)  # the run will compile again: 1 s of the 2 s are gone
+    compiled = Timed(0.02, first=0.5)  # a compile in the probe: 0.5 s of the 2 s are gone
     m = steps_for_budget(model, compiled, itertools.cycle(_batches(4, 8)), 2.0, probe=5, warmup=2)
-    assert 30 <= m <= 47
+    assert 55 <= m <= 72
     bf16 = Timed(0.0)
     optim = OptimConfig(steps=1, lr=1e-3, precision="bf16")
     steps_for_budget(model, bf16, itertools.cycle(_batches(4, 8)), 1.0, optim, probe=2, warmup=1)
