@@ -250,6 +250,39 @@ def test_loss_matches_hand_computation(palette):
     assert model.head.weight.grad is not None
 
 
+def test_masked_words_are_inputs_only_and_the_caption_loss_predicts_the_real_words():
+    """Word dropout pads single input tokens (a rate near p, the caller's tensor untouched);
+    the objective's text loss on those inputs is the hand computation against the real
+    caption, and its image loss the model's on the masked caption."""
+    from dalle.train.config import TransformerTrainConfig
+    from dalle.train.dalle import DalleObjective, word_dropout
+
+    text = torch.randint(1, 20, (64, 8))
+    kept = text.clone()
+    out = word_dropout(text, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(text, kept)
+    masked = out == 0
+    assert torch.equal(out[~masked], text[~masked]) and 0.15 < masked.float().mean() < 0.35
+    assert torch.equal(word_dropout(text, 0.0), text)
+
+    model = model_for()
+    cfg = model.cfg
+    text, image = batch(cfg, n=6)
+    recipe = TransformerTrainConfig(caption_dropout=0.0, word_dropout=0.5)
+    objective = DalleObjective(recipe, torch.Generator().manual_seed(3))
+    loss, metrics = objective(model, (text, image), 0)
+    words = word_dropout(text, 0.5, torch.Generator().manual_seed(3))  # the same draw
+    assert (words != text).any()
+    log_p = torch.log_softmax(model(words, image[:, :-1]).double(), -1)
+    t = cfg.text_len
+    nll = [-log_p[b, j - 1, text[b, j].item() or cfg.text_vocab + j]
+           for b in range(2) for j in range(1, t)]  # fmt: skip
+    assert math.isclose(metrics["text_loss"], torch.stack(nll).mean().item(), rel_tol=1e-5)
+    _, plain = dalle_loss(model, words, image)
+    assert math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-6)
+    assert not math.isclose(metrics["text_loss"], plain["text_loss"], rel_tol=1e-3)
+
+
 def test_caption_dropout():
     text = torch.randint(1, 20, (64, 4))
     kept = text.clone()

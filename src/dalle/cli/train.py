@@ -57,6 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
     t.add_argument(
+        "--word-dropout",
+        type=float,
+        help="probability of masking each caption word in the model's input (default 0)",
+    )
+    t.add_argument(
+        "--text-depth",
+        type=int,
+        help="causal blocks over the caption alone before the joint ones (default: the preset's)",
+    )
+    t.add_argument(
         "--accumulate", type=positive_int, help="batches per optimisation step (default 1)"
     )
     t.add_argument(
@@ -133,6 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "caption_dropout": args.caption_dropout,
+        "word_dropout": args.word_dropout,
         "seed": args.seed,
         "accumulate": args.accumulate,
         "precision": args.precision,
@@ -142,6 +153,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
+    if args.text_depth is not None:
+        model_cfg = dataclasses.replace(model_cfg, text_depth=args.text_depth)
     vae = DiscreteVAE.load(vae_dir(args.vae))
     if args.tokens:
         tokens = TokenSet.load(args.tokens)

@@ -237,6 +237,10 @@ class TransformerTrainConfig:
     text_weight: float = 1 / 8
     image_weight: float = 7 / 8
     caption_dropout: float = 0.15  # trains the unconditional model for guidance
+    # Masked words: each caption token of the model's input is replaced, with this
+    # probability, by the pad of its position (a [MASK] that keeps positions); the caption
+    # loss still predicts the real words.
+    word_dropout: float = 0.0
     seed: int = 0
     accumulate: int = 1  # batches per optimisation step
     precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
@@ -247,6 +251,10 @@ class TransformerTrainConfig:
         _require(
             0.0 <= self.caption_dropout < 1.0,
             f"caption_dropout must be in [0, 1), got {self.caption_dropout}",
+        )
+        _require(
+            0.0 <= self.word_dropout < 1.0,
+            f"word_dropout must be in [0, 1), got {self.word_dropout}",
         )
         _require(
             self.text_weight >= 0 and self.image_weight >= 0,

@@ -4,7 +4,8 @@ token, averaged separately over text and image targets and weighted 1/8 and 7/8.
 Text targets are caption tokens 1 .. text_len - 1 (the first token has no predecessor), pads
 included as their per-position ids; image targets are all given image codes. Caption dropout
 (whole captions replaced by pads) trains the unconditional model that classifier-free guidance
-in ``dalle.sampling`` mixes with the conditional one.
+in ``dalle.sampling`` mixes with the conditional one. Word dropout (an option) masks single
+caption words of the model's input while the caption loss still predicts them.
 
 :func:`fit_transformer` trains a model in place on token batches; :func:`train_transformer` is
 the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) and its run out.
@@ -43,17 +44,23 @@ def dalle_loss(
     text_weight: float = 1 / 8,
     image_weight: float = 7 / 8,
     terms: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    text_targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``text`` (B, text_len), ``image`` (B, n >= 1) codes -> ``(loss, {"text_loss", "image_loss"})``.
 
     ``loss = text_weight * text_loss + image_weight * image_loss``; the metrics are the two
     means in nats, as floats. The last image code is only a target, so the model sees
-    ``image[:, :-1]``. The inputs are checked here, then ``terms`` (default
-    :func:`loss_terms`; a compiled one in :class:`DalleObjective`) computes the tensors.
+    ``image[:, :-1]``. ``text_targets`` (default ``text``) are the captions the text loss
+    predicts when the model's input ``text`` has masked words. The inputs are checked here,
+    then ``terms`` (default :func:`loss_terms`; a compiled one in :class:`DalleObjective`)
+    computes the tensors.
     """
     check_loss_inputs(model, text, image, text_weight, image_weight)
+    if text_targets is not None:
+        model.check_text(text_targets)
+    targets = text if text_targets is None else text_targets
     terms = loss_terms if terms is None else terms
-    loss, text_loss, image_loss = terms(model, text, image, text_weight, image_weight)
+    loss, text_loss, image_loss = terms(model, text, image, text_weight, image_weight, targets)
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
 
@@ -70,7 +77,12 @@ def check_loss_inputs(
 
 
 def loss_terms(
-    model: DALLE, text: torch.Tensor, image: torch.Tensor, text_weight: float, image_weight: float
+    model: DALLE,
+    text: torch.Tensor,
+    image: torch.Tensor,
+    text_weight: float,
+    image_weight: float,
+    text_targets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`dalle_loss` as tensors ``(loss, text_loss, image_loss)``, unchecked: what the
     ``compile`` option of :class:`DalleObjective` compiles."""
@@ -79,8 +91,8 @@ def loss_terms(
     # Each position through the head of the modality it predicts, never the full vocabulary.
     h = model.unchecked_hidden(text, image[:, :-1])  # (B, text_len + n - 1, C)
     text_logits = model.text_logits(h[:, : t - 1]).float()  # (B, text_len - 1, text_vocab_total)
-    text_targets = model.text_tokens(text)[:, 1:]
-    text_loss = F.cross_entropy(text_logits.flatten(0, 1), text_targets.flatten())
+    targets = model.text_tokens(text_targets)[:, 1:]
+    text_loss = F.cross_entropy(text_logits.flatten(0, 1), targets.flatten())
     factors = model.image_factor_logits(h[:, t - 1 :]).float().flatten(0, 1)  # (B * n, F)
     codes = image.long().flatten()
     if cfg.image_palette:  # a product of two softmaxes: its NLL is the sum of theirs
@@ -106,6 +118,17 @@ def caption_dropout(
     return torch.where(drop[:, None], torch.zeros_like(text), text)
 
 
+def word_dropout(
+    text: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A copy of ``text`` (B, text_len) with each token, with probability ``p``, set to the pad
+    (0), which the model embeds as its position's pad: a masked word whose place is kept."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"word dropout p must be in [0, 1], got {p}")
+    drop = torch.rand(text.shape, generator=generator).to(text.device) < p  # (B, text_len)
+    return text.masked_fill(drop, 0)
+
+
 class DalleObjective(SeededObjective):
     """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
     its generator draws the caption dropout. ``compile`` runs :func:`loss_terms` (forward and
@@ -128,8 +151,11 @@ class DalleObjective(SeededObjective):
         text, codes = batch
         if self.cfg.caption_dropout:
             text = caption_dropout(text, self.cfg.caption_dropout, self.generator)
+        words = text
+        if self.cfg.word_dropout:
+            words = word_dropout(text, self.cfg.word_dropout, self.generator)
         weights = self.cfg.text_weight, self.cfg.image_weight
-        return dalle_loss(model, text, codes, *weights, terms=self.terms)
+        return dalle_loss(model, words, codes, *weights, terms=self.terms, text_targets=text)
 
 
 def fit_transformer(
