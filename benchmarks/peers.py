@@ -171,10 +171,12 @@ def measure(
     repeats: int,
     timer: Callable[[Callable[[], None], int], float],
     time_step: Callable[..., float],
+    bf16: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Their figures per config name: image tokens/s sampling at batch 8 on the default path
     (``default``), with guidance (scale 3) and the cache (``guided cache``), training tokens/s
-    at batch 32 from codes with AdamW (``training``), and forward FLOPs per token.
+    at batch 32 from codes with AdamW (``training``; with ``bf16`` also under bf16 autocast,
+    ``training bf16``), and forward FLOPs per token.
 
     ``timer(fn, repeats)`` and ``time_step(model, objective, batch, repeats)`` are speed.py's,
     so both models are timed alike. The default path is timed once after a warm-up, as our
@@ -191,10 +193,13 @@ def measure(
         text = torch.randint(1, cfg.text_vocab, (32, cfg.text_len))
         codes = torch.randint(0, cfg.image_vocab, (32, cfg.image_len))
         step = time_step(model, objective, (text, codes), repeats)
+        if bf16:  # their training under bf16 autocast too, timed alike
+            step_bf16 = time_step(model, objective, (text, codes), repeats, bf16=True)
         out[name] = {
             "default": round(tokens / default, 1),
             "guided cache": round(tokens / guided, 1),
             "training": round(32 * model.total_seq_len / step),
+            **({"training bf16": round(32 * model.total_seq_len / step_bf16)} if bf16 else {}),
             "flops_per_token_forward": round(flops_per_token(model)),
         }
     return out

@@ -3,7 +3,8 @@ the machine's fp32 matmul ceiling and each training figure as model-FLOPs utilis
 when it is installed (``benchmarks/requirements-peers.txt``), the same figures for the peer
 DALLE-pytorch 1.6.6 built with our dimensions, side by side with the ratio ours / theirs.
 
-    python benchmarks/speed.py [--repeats N] [--quick] [--no-peer] [--compile] [--json FILE]
+    python benchmarks/speed.py [--repeats N] [--quick] [--no-peer] [--compile] [--bf16]
+        [--json FILE]
 
 Model (the issue's reference): dim 256, depth 4, 8 heads of 32, full causal attention, GELU
 MLP of width 1024, 16 text tokens, 512 codes; config S has 8x8 image tokens, M 16x16.
@@ -17,6 +18,11 @@ codes; the dVAE is the ``tiny`` preset trained with the paper's relaxed ELBO at 
 (``sample_codes(compile=True)``) and the training step through the compiled loss
 (``DalleObjective(compile=True)``), each beside its eager figure; the first call of each
 (compiling included) is reported apart as ``warmup_s``, never inside the medians.
+
+``--bf16`` also times training under bf16 autocast (eager, and compiled with ``--compile``),
+ours and the peer's, and measures the bf16 matmul ceiling the same way as the fp32 one: a bf16
+training figure's MFU is against the bf16 ceiling (the FLOPs it could have had), never the
+fp32 one.
 
 FLOPs per token, forward, counted as multiply-adds x 2: ``2 * N`` for the ``N`` weights of the
 blocks and the image head, plus ``2 * L * T * d`` for attention scores and mixing over the
@@ -44,6 +50,11 @@ from pathlib import Path
 DEFAULT_JSON = Path("benchmarks/results/speed.json")
 
 
+TRAINING_KEYS = {  # a training figure's name in the comparison -> its report entry
+    "compiled": "training_compiled",
+    "bf16": "training_bf16",
+    "bf16 compiled": "training_bf16_compiled",
+}
 WARMUP_S: list[float] = []  # the seconds of the last median_time call's warm-up
 
 
@@ -78,8 +89,9 @@ def time_sampling(
     return median_time(draw, repeats)
 
 
-def time_step(model, objective, batch, repeats: int) -> float:
-    """Median seconds of one forward + backward + AdamW step of ``objective`` on ``batch``."""
+def time_step(model, objective, batch, repeats: int, bf16: bool = False) -> float:
+    """Median seconds of one forward + backward + AdamW step of ``objective`` on ``batch``
+    (the forward under bf16 autocast with ``bf16``, as the trainer runs ``precision="bf16"``)."""
     import torch
 
     from dalle.train.loop import fusable
@@ -88,7 +100,8 @@ def time_step(model, objective, batch, repeats: int) -> float:
     model.train()
 
     def step():
-        loss, _ = objective(model, batch, 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = objective(model, batch, 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -114,7 +127,8 @@ def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> 
         return {"name": peers.NAME, "installed": False}
     for note in peer.notes:
         print(f"note: {note}")
-    theirs = peers.measure(peer, configs, repeats, median_time, time_step)
+    bf16 = "training_bf16" in report
+    theirs = peers.measure(peer, configs, repeats, median_time, time_step, bf16)
     pairs = {  # our sampling figure (None: training), their figure
         "sampling batch 8, each default path": ("batch 8 cache", "default"),
         "sampling batch 8, no cache": ("batch 8 no cache", "default"),
@@ -128,6 +142,10 @@ def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> 
                 "batch 8 guided cache compiled", "guided cache"),
             "training batch 32, compiled": ("compiled", "training"),
         }  # fmt: skip
+    if bf16:  # --bf16: ours against their fp32 default and their bf16 autocast
+        for key in ("bf16", "bf16 compiled") if "training_bf16_compiled" in report else ("bf16",):
+            pairs[f"training batch 32, {key} vs their fp32"] = (key, "training")
+            pairs[f"training batch 32, {key} vs their bf16"] = (key, "training bf16")
     comparison = {}
     print(f"{peers.NAME} {peer.version} (tokens/s)")
     print(f"{'':<46} {'ours':>9} {'theirs':>9} {'ours/theirs':>12} {'in FLOP/s':>10}")
@@ -137,9 +155,13 @@ def compare_peer(report: dict, configs: dict, repeats: int, flops_per_token) -> 
         t["ours_flops_per_token_forward"] = round(ours_flops)
         t["training_gflops"] = round(3 * their_flops * t["training"] / 1e9, 1)
         t["training_mfu"] = round(t["training_gflops"] / report["matmul_gflops"], 3)
+        if bf16:
+            t["training_bf16_mfu"] = round(
+                3 * their_flops * t["training bf16"] / 1e9 / report["matmul_gflops_bf16"], 3
+            )
         for label, (key, their_key) in pairs.items():
-            if key is None or key == "compiled":
-                training = report["training" if key is None else "training_compiled"]
+            if key is None or key in TRAINING_KEYS:
+                training = report["training" if key is None else TRAINING_KEYS[key]]
                 ours = training[name]["tokens_per_s"]
             else:
                 ours = report["sampling"][f"{name} {key}"]
@@ -170,6 +192,8 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip DALLE-pytorch")
     parser.add_argument("--compile", action="store_true",
                         help="also time compiled sampling and training (torch.compile)")  # fmt: skip
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time training under bf16 autocast, ours and the peer's")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -205,17 +229,25 @@ def main() -> int:
     # The machine's ceiling: fp32 matmul, 1024^3, the best of 20 after 3 warm-ups (a ceiling
     # is what the machine can reach; the median is reported beside it).
     n = 256 if args.quick else 1024
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    for _ in range(3):
-        torch.mm(a, b, out=c)
-    times = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        times.append(time.perf_counter() - t0)
+
+    def matmul_times(dtype: torch.dtype) -> list[float]:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        c = torch.empty(n, n, dtype=dtype)
+        for _ in range(3):
+            torch.mm(a, b, out=c)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    times = matmul_times(torch.float32)
     ceiling = 2 * n**3 / min(times) / 1e9
     report["matmul_gflops"] = round(ceiling, 1)
     report["matmul_gflops_median"] = round(2 * n**3 / statistics.median(times) / 1e9, 1)
+    if args.bf16:
+        report["matmul_gflops_bf16"] = round(2 * n**3 / min(matmul_times(torch.bfloat16)) / 1e9, 1)
 
     def flops_per_token(cfg: TransformerConfig) -> float:
         block = 12 * cfg.dim**2 + 13 * cfg.dim  # qkv, proj, 2 MLP layers (+ biases, norms)
@@ -225,6 +257,13 @@ def main() -> int:
     report["sampling"], report["training"] = {}, {}
     if args.compile:
         report["training_compiled"], report["warmup_s"] = {}, {}
+    kinds = [(False, False)] + ([(True, False)] if args.compile else [])
+    if args.bf16:
+        report["training_bf16"] = {}
+        kinds.append((False, True))
+        if args.compile:
+            report["training_bf16_compiled"] = {}
+            kinds.append((True, True))
     for name, cfg in configs.items():
         torch.manual_seed(0)
         model = DALLE(cfg).eval()
@@ -246,20 +285,22 @@ def main() -> int:
         # Training: forward + backward + AdamW at batch 32 from codes.
         text = torch.randint(1, cfg.text_vocab, (32, cfg.text_len))
         codes = torch.randint(0, cfg.image_vocab, (32, cfg.image_len))
-        for compiled in (False, True) if args.compile else (False,):
+        for compiled, bf16 in kinds:
             objective = DalleObjective(TransformerTrainConfig(caption_dropout=0.0),
                                        compile=compiled)  # fmt: skip
-            sec = time_step(model, objective, (text, codes), repeats)
+            sec = time_step(model, objective, (text, codes), repeats, bf16)
             tokens = 32 * cfg.seq_len / sec
             achieved = 3 * flops_per_token(cfg) * tokens / 1e9  # the same FLOPs, compiled or not
-            report["training_compiled" if compiled else "training"][name] = {
+            entry = "training" + ("_bf16" if bf16 else "") + ("_compiled" if compiled else "")
+            peak = report["matmul_gflops_bf16"] if bf16 else ceiling
+            report[entry][name] = {
                 "tokens_per_s": round(tokens),
                 "gflops": round(achieved, 1),
-                "mfu": round(achieved / ceiling, 3),
+                "mfu": round(achieved / peak, 3),
                 "flops_per_token_forward": round(flops_per_token(cfg)),
             }
             if compiled:
-                report["warmup_s"][f"{name} training"] = round(WARMUP_S[0], 2)
+                report["warmup_s"][f"{name} {entry.replace('_', ' ')}"] = round(WARMUP_S[0], 2)
 
     # Sampling time against image tokens, with the cache, batch 8.
     report["sampling_scaling"] = {}
@@ -289,7 +330,9 @@ def main() -> int:
     print(f"{'sampling (image tokens/s)':<34} {'value':>10}")
     for key, value in report["sampling"].items():
         print(f"{key:<34} {value:>10}")
-    for label in ("training", "training_compiled"):
+    if args.bf16:
+        print(f"bf16 matmul {n}^3: best {report['matmul_gflops_bf16']} GFLOP/s")
+    for label in ("training", "training_compiled", "training_bf16", "training_bf16_compiled"):
         for name, r in report.get(label, {}).items():
             print(
                 f"{label.replace('_', ' ')} {name}, batch 32: {r['tokens_per_s']} tokens/s, "

@@ -394,9 +394,9 @@ def steps_for_budget(
     batches: Iterator[Any],
     seconds: float,
     optim: OptimConfig | None = None,
-    probe: int = 10,
+    probe: int = 20,
     at_least: int = 10,
-    warmup: int = 3,
+    warmup: int = 5,
 ) -> int:
     """How many steps of ``objective`` fit in ``seconds``, timed through the trainer's own
     step (``optim``'s precision, accumulation, clipping and AdamW; default: fp32, one batch)
