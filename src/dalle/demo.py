@@ -104,7 +104,7 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def run_demo(out: Path, minutes: float = 9.5, seed: int = 0, force: bool = False) -> dict:
+def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False) -> dict:
     """Train every stage on the shapes within ``minutes``, draw :data:`PROMPTS`, write
     ``out/model/``, ``out/samples.png`` and ``out/report.json``; returns the report."""
     budget = minutes * 60

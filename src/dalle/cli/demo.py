@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/samples.png, OUT/report.json and the training runs in OUT/runs/.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    p.add_argument("--minutes", type=positive_float, default=9.5, help="total time budget")
+    p.add_argument("--minutes", type=positive_float, default=9.0, help="total time budget")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
