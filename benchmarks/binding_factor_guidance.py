@@ -11,13 +11,18 @@ colour error rate of two-object prompts.
 
     python benchmarks/binding_factor_guidance.py MODEL TEMPERATURE S SC
 """
-import json, sys, time, torch
+import json
+import sys
+import time
+
+import torch
+
 sys.path.insert(0, "benchmarks")
-from dalle_fidelity import fresh_prompts
-from dalle.pipeline import DallePipeline
 import dalle.pipeline as P
+from dalle.eval.shapes_breakdown import PromptResult, breakdown, diagnose_image
+from dalle.pipeline import DallePipeline
 from dalle.sampling import sample_next
-from dalle.eval.shapes_breakdown import PromptResult, diagnose_image, breakdown
+from dalle_fidelity import fresh_prompts
 
 model_dir, T, S, SC = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 
