@@ -161,3 +161,23 @@ def test_train_vae_resume_needs_a_one_phase_recipe(tmp_path, capsys):
     argv = ["train-vae", "--data", "shapes", "--out", str(tmp_path), "--steps", "6"]
     assert main([*argv, "--warm-start", "0.5", "--resume"]) == 2
     assert "one-phase recipe" in capsys.readouterr().err
+
+
+def test_resume_accepts_a_run_started_before_a_field_was_added_only_at_its_default(tmp_path):
+    from dalle.train.run import record_settings
+
+    old = {"model": {"dim": 8}, "train": {"lr": 0.1}, "rows": 4}  # written before text_depth
+    record_settings(tmp_path, old, resume=False)
+    defaults = {"model": {"dim": 256, "text_depth": 0}, "train": {"lr": 3e-3}}
+    new = {"model": {"dim": 8, "text_depth": 0}, "train": {"lr": 0.1}, "rows": 4}
+    record_settings(tmp_path, new, resume=True, defaults=defaults)  # unchanged: accepted
+    record_settings(tmp_path, old, resume=False)
+    changed = {"model": {"dim": 8, "text_depth": 2}, "train": {"lr": 0.1}, "rows": 4}
+    with pytest.raises(ValueError, match="--resume needs the settings"):
+        record_settings(tmp_path, changed, resume=True, defaults=defaults)
+    with pytest.raises(ValueError, match="--resume needs the settings"):  # no defaults known
+        record_settings(tmp_path, new, resume=True)
+    with pytest.raises(ValueError, match="--resume needs the settings"):  # a field dropped
+        record_settings(tmp_path, {"model": {}, "train": {"lr": 0.1}, "rows": 4}, resume=True)
+    with pytest.raises(ValueError, match="--resume needs the settings"):  # a value changed
+        record_settings(tmp_path, {**old, "rows": 5}, resume=True, defaults=defaults)

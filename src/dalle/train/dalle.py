@@ -226,7 +226,8 @@ def train_transformer(
         tokenizer = train_tokenizer(tokens.captions)
     model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
     settings = {"model": to_dict(model), "train": to_dict(cfg), "rows": len(tokens)}
-    out = start_run(Path(out), settings, run.resume, run.force)
+    defaults = {"model": to_dict(TransformerConfig()), "train": to_dict(TransformerTrainConfig())}
+    out = start_run(Path(out), settings, run.resume, run.force, defaults)
     text, _ = tokenizer.encode_batch(tokens.captions, model.text_len)
     torch.manual_seed(cfg.seed)
     transformer = DALLE(model).to(run.device)

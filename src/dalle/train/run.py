@@ -35,26 +35,53 @@ def prepare_run_dir(out: Path, force: bool) -> Path:
     return out
 
 
-def start_run(out: Path, settings: dict[str, Any], resume: bool, force: bool) -> Path:
+def start_run(
+    out: Path,
+    settings: dict[str, Any],
+    resume: bool,
+    force: bool,
+    defaults: dict[str, Any] | None = None,
+) -> Path:
     """Prepare ``out`` (:func:`prepare_run_dir`) and record the run's settings in
-    ``out/train_config.json``; a resumed run must have the settings it was started with."""
+    ``out/train_config.json``; a resumed run must have the settings it was started with
+    (``defaults``, nested like ``settings``: see :func:`record_settings`)."""
     out = Path(out)
     if resume and not out.is_dir():
         raise ValueError(f"nothing to resume: run folder {out} does not exist")
     out = prepare_run_dir(out, force=force or resume)
-    record_settings(out, settings, resume)
+    record_settings(out, settings, resume, defaults)
     return out
 
 
-def record_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
+def record_settings(
+    out: Path, settings: dict[str, Any], resume: bool, defaults: dict[str, Any] | None = None
+) -> None:
     """Write a run's settings to ``out/train_config.json`` (rank 0 only); when resuming,
-    refuse settings other than those recorded."""
+    refuse settings other than those recorded. A setting the recorded file lacks (a field
+    added to the library after the run started) counts as unchanged when it has its value in
+    ``defaults``, the behaviour of the code that started the run."""
     from dalle.io import write_json_atomic
 
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
+    defaults = json.loads(json.dumps(defaults or {}))
     recorded = out / "train_config.json"
-    if resume and recorded.is_file() and json.loads(recorded.read_text()) != settings:
+    if resume and recorded.is_file() and not _same(json.loads(recorded.read_text()), settings, defaults):
         raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(recorded, settings)
+
+
+def _same(recorded: Any, settings: Any, defaults: Any) -> bool:
+    """``settings`` equal ``recorded``, but for keys only ``settings`` has at their default."""
+    if not (isinstance(recorded, dict) and isinstance(settings, dict)):
+        return recorded == settings
+    defaults = defaults if isinstance(defaults, dict) else {}
+    if set(recorded) - set(settings):
+        return False
+    return all(
+        _same(recorded[k], v, defaults.get(k))
+        if k in recorded
+        else k in defaults and defaults[k] == v
+        for k, v in settings.items()
+    )
