@@ -445,6 +445,27 @@ def test_serve_command_loads_once_and_warns_off_loopback(tmp_path, monkeypatch, 
     assert "warning: listening on 0.0.0.0, not loopback" in err
 
 
+def test_serve_command_compiles_before_serving(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from dalle.sampling import compiled_step
+
+    DallePipeline(*tiny_parts(GRID)).save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    loaded = []
+    load = DallePipeline.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        loaded.append(load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(DallePipeline, "from_pretrained", classmethod(spy))
+    assert main(["serve", "--model", str(tmp_path / "model"), "--compile"]) == 0
+    assert "compiled the decode step in" in capsys.readouterr().out
+    (pipe,) = loaded
+    assert pipe.compile and compiled_step(pipe.transformer).compile_s > 0  # before any request
+
+
 def test_serve_command_errors_are_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
