@@ -46,7 +46,7 @@ def transformer_steps_within(
     compile: bool = False,
 ) -> int:
     """Steps of the transformer objective that fit in ``seconds``; with ``compile``, of its
-    compiled step, less the seconds the run will spend compiling it."""
+    compiled step (the probe's compile spent from ``seconds``)."""
     cfg = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
     text, _ = tokenizer.encode_batch(tokens.captions[:256], cfg.text_len)
     batches = token_batches(text, tokens.codes[:256], recipe.batch_size)

@@ -151,11 +151,11 @@ class DalleObjective(SeededObjective):
         text, codes = batch
         if self.cfg.caption_dropout:
             text = caption_dropout(text, self.cfg.caption_dropout, self.generator)
-        words = text
+        targets = None  # the captions the text loss predicts: the input's, unless words are masked
         if self.cfg.word_dropout:
-            words = word_dropout(text, self.cfg.word_dropout, self.generator)
+            text, targets = word_dropout(text, self.cfg.word_dropout, self.generator), text
         weights = self.cfg.text_weight, self.cfg.image_weight
-        return dalle_loss(model, words, codes, *weights, terms=self.terms, text_targets=text)
+        return dalle_loss(model, text, codes, *weights, terms=self.terms, text_targets=targets)
 
 
 def fit_transformer(
