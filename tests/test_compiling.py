@@ -20,6 +20,7 @@ from dalle.models.dalle import DALLE
 from dalle.sampling import compiled_step, sample_codes
 from dalle.train.config import TransformerTrainConfig
 from dalle.train.dalle import DalleObjective, dalle_loss
+from model_fixtures import sharp_dalle
 
 BASE = TransformerConfig(
     text_vocab=20, text_len=4, image_vocab=24, image_grid=4, dim=32, depth=4, heads=4,
@@ -34,18 +35,11 @@ CONFIGS = {  # every attention kind in one model, then the options that change t
 }
 
 
-def make(cfg: TransformerConfig) -> DALLE:
-    torch.manual_seed(0)
-    model = DALLE(cfg).eval()
-    with torch.no_grad():  # sharper logits than the 0.02 init, and captions that matter
-        model.head.weight.mul_(5)
-        model.text_emb.weight.mul_(30)
-    return model
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, DALLE]:
-    return {name: make(cfg) for name, cfg in CONFIGS.items()}
+    return {name: sharp_dalle(cfg) for name, cfg in CONFIGS.items()}
 
 
 TEXT = torch.tensor([[3, 5, 0, 0], [7, 1, 2, 9], [4, 0, 0, 0]])
@@ -98,7 +92,7 @@ def test_compiled_sampling_draws_the_eager_codes(models, name):
 
 @pytest.mark.slow
 def test_compiled_training_loss_and_gradients_match_eager():
-    model = make(dataclasses.replace(BASE, depth=2, attention=("full", "row"))).train()
+    model = sharp_dalle(dataclasses.replace(BASE, depth=2, attention=("full", "row"))).train()
     g = torch.Generator().manual_seed(1)
     text = torch.randint(1, 20, (4, 4), generator=g)
     codes = torch.randint(0, 24, (4, 16), generator=g)
@@ -121,7 +115,7 @@ def test_a_failing_compiler_warns_once_and_runs_eagerly(monkeypatch, capsys):
     """No working compiler (here: torch.compile raising at once, or at the first call as a
     missing C++ compiler would): one warning line, then the eager path, which draws exactly
     what sampling without ``compile`` draws."""
-    model = make(BASE)
+    model = sharp_dalle(BASE)
     want = sample_codes(model, TEXT, generator=torch.Generator().manual_seed(5), cond_scale=2.0)
 
     def broken(fn, **options):
@@ -135,7 +129,7 @@ def test_a_failing_compiler_warns_once_and_runs_eagerly(monkeypatch, capsys):
 
     for compile_ in (broken, broken_later):
         monkeypatch.setattr(torch, "compile", compile_)
-        model = make(BASE)
+        model = sharp_dalle(BASE)
         for _ in range(2):
             got = sample_codes(
                 model, TEXT, generator=torch.Generator().manual_seed(5), cond_scale=2.0,

@@ -20,6 +20,7 @@ from dalle.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from model_fixtures import sharp_dalle
 
 CFG = TransformerConfig(
     text_vocab=20, text_len=4, image_vocab=12, image_grid=3, dim=32, depth=2, heads=4,
@@ -29,12 +30,7 @@ CFG = TransformerConfig(
 
 @pytest.fixture(scope="module")
 def model() -> DALLE:
-    torch.manual_seed(0)
-    m = DALLE(CFG).eval()
-    with torch.no_grad():  # sharper logits than the 0.02 init, and captions that matter
-        m.head.weight.mul_(5)
-        m.text_emb.weight.mul_(30)
-    return m
+    return sharp_dalle(CFG)
 
 
 @pytest.fixture
