@@ -4,6 +4,7 @@ against a hand computation, caption dropout, configs, save/load and clear errors
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -281,6 +282,62 @@ def test_masked_words_are_inputs_only_and_the_caption_loss_predicts_the_real_wor
     _, plain = dalle_loss(model, words, image)
     assert math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-6)
     assert not math.isclose(metrics["text_loss"], plain["text_loss"], rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("palette", [0, 3])
+def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
+    """Code dropout leaves a code's embedding out, colour dropout a product code's colour
+    factor: the same as zeroing those rows of the table for every code; positions before the
+    first dropped code are untouched (causal), and the objective's image loss is the NLL of
+    every code, dropped ones included, under the masked input drawn from its generator."""
+    from dalle.train.config import TransformerTrainConfig
+    from dalle.train.dalle import DalleObjective
+
+    model = model_for(image_palette=palette)
+    cfg = model.cfg
+    text, image = batch(cfg, n=6)
+    codes = image[:, :-1]
+    every = torch.ones(codes.shape, dtype=torch.bool)
+    kinds = {"drop_codes": slice(None)}
+    if palette:
+        kinds["drop_colours"] = slice(cfg.image_vocab // palette, None)  # the colour rows
+    for kind, rows in kinds.items():
+        zeroed = copy.deepcopy(model)
+        with torch.no_grad():
+            zeroed.image_emb.weight[rows] = 0.0
+        want = zeroed.unchecked_hidden(text, codes)
+        got = model.unchecked_hidden(text, codes, **{kind: every})
+        torch.testing.assert_close(got, want)
+        one = torch.zeros_like(every)
+        one[:, 2] = True  # the third code: the input at position text_len + 2
+        h = model.unchecked_hidden(text, codes, **{kind: one})
+        plain = model.unchecked_hidden(text, codes)
+        t = cfg.text_len
+        torch.testing.assert_close(h[:, : t + 2], plain[:, : t + 2])
+        assert not torch.allclose(h[:, t + 2], plain[:, t + 2])
+
+    field = "colour_dropout" if palette else "code_dropout"
+    recipe = TransformerTrainConfig(caption_dropout=0.0, **{field: 0.5})
+    _, metrics = DalleObjective(recipe, torch.Generator().manual_seed(5))(model, (text, image), 0)
+    mask = torch.rand(codes.shape, generator=torch.Generator().manual_seed(5)) < 0.5  # same draw
+    assert mask.any() and not mask.all()
+    kind = "drop_colours" if palette else "drop_codes"
+    h = model.unchecked_hidden(text, codes, **{kind: mask})
+    log_p = torch.log_softmax(model.image_logits(h[:, cfg.text_len - 1 :]).double(), -1)
+    nll = -log_p.gather(-1, image[..., None]).mean()
+    assert math.isclose(metrics["image_loss"], nll.item(), rel_tol=1e-5)
+    _, plain = dalle_loss(model, text, image)
+    assert not math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-4)
+
+
+def test_colour_dropout_needs_a_product_codebook():
+    model = model_for(image_palette=0)
+    text, image = batch(model.cfg, n=4)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="colour dropout needs a product codebook"):
+        dalle_loss(model, text, image, drop_colours=mask)
+    with pytest.raises(ValueError, match=r"boolean code mask of shape \(2, 3\)"):
+        dalle_loss(model, text, image, drop_codes=mask[:, :2])
 
 
 def test_caption_dropout():

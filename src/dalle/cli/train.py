@@ -62,6 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="probability of masking each caption word in the model's input (default 0)",
     )
     t.add_argument(
+        "--code-dropout",
+        type=float,
+        help="probability of leaving each image code out of the model's input (default 0)",
+    )
+    t.add_argument(
+        "--colour-dropout",
+        type=float,
+        help="probability of leaving each input code's colour factor out (product codebooks; "
+        "default 0)",
+    )
+    t.add_argument(
         "--text-depth",
         type=int,
         help="causal blocks over the caption alone before the joint ones (default: the preset's)",
@@ -144,6 +155,8 @@ def run_train(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "caption_dropout": args.caption_dropout,
         "word_dropout": args.word_dropout,
+        "code_dropout": args.code_dropout,
+        "colour_dropout": args.colour_dropout,
         "seed": args.seed,
         "accumulate": args.accumulate,
         "precision": args.precision,

@@ -112,14 +112,27 @@ class DALLE(nn.Module):
             x = block(x, None, is_causal=True)
         return x
 
-    def _embed_image(self, image: torch.Tensor, first: int) -> torch.Tensor:
-        """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``."""
+    def _embed_image(
+        self,
+        image: torch.Tensor,
+        first: int,
+        drop_codes: torch.Tensor | None = None,
+        drop_colours: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``. Where the
+        boolean ``(B, n)`` masks are set, the code's embedding (``drop_codes``) or its colour
+        factor's (``drop_colours``, product codebooks) is left out: only its place remains."""
         g, palette = self.cfg.image_grid, self.cfg.image_palette
         if palette:
             pattern, colour = split_codes(image.long(), palette)
-            codes = self.image_emb(pattern) + self.image_emb(self.cfg.image_vocab // palette + colour)
+            colours = self.image_emb(self.cfg.image_vocab // palette + colour)
+            if drop_colours is not None:
+                colours = colours.masked_fill(drop_colours[..., None], 0.0)
+            codes = self.image_emb(pattern) + colours
         else:
             codes = self.image_emb(image.long())
+        if drop_codes is not None:
+            codes = codes.masked_fill(drop_codes[..., None], 0.0)
         if image.shape[1] == 1:  # one step: rows of the tables
             return codes + self.row_emb.weight[first // g] + self.col_emb.weight[first % g]
         idx = first + torch.arange(image.shape[1], device=image.device)
@@ -159,10 +172,18 @@ class DALLE(nn.Module):
         self.check_image(image, text.shape[0], self.cfg.image_len)
         return self.unchecked_hidden(text, image)
 
-    def unchecked_hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def unchecked_hidden(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        drop_codes: torch.Tensor | None = None,
+        drop_colours: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """:meth:`hidden` without its checks (which read the ids, so a compiled loss does
-        them first, outside the graph)."""
-        x = torch.cat([self._embed_text(text), self._embed_image(image, 0)], dim=1)  # (B, L, C)
+        them first, outside the graph). The ``(B, n)`` masks, in training only, leave input
+        codes or their colour factors out (``_embed_image``)."""
+        image_x = self._embed_image(image, 0, drop_codes, drop_colours)
+        x = torch.cat([self._embed_text(text), image_x], dim=1)  # (B, L, C)
         return self.transformer(self.drop(x))
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -241,6 +241,11 @@ class TransformerTrainConfig:
     # probability, by the pad of its position (a [MASK] that keeps positions); the caption
     # loss still predicts the real words.
     word_dropout: float = 0.0
+    # Input code dropout: each image code of the model's input (never a target) has, with
+    # this probability, its embedding left out (code_dropout), or for a product codebook its
+    # colour factor's (colour_dropout).
+    code_dropout: float = 0.0
+    colour_dropout: float = 0.0
     seed: int = 0
     accumulate: int = 1  # batches per optimisation step
     precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
@@ -256,6 +261,11 @@ class TransformerTrainConfig:
             0.0 <= self.word_dropout < 1.0,
             f"word_dropout must be in [0, 1), got {self.word_dropout}",
         )
+        for name in ("code_dropout", "colour_dropout"):
+            _require(
+                0.0 <= getattr(self, name) < 1.0,
+                f"{name} must be in [0, 1), got {getattr(self, name)}",
+            )
         _require(
             self.text_weight >= 0 and self.image_weight >= 0,
             f"loss weights must be >= 0, got {self.text_weight}, {self.image_weight}",

@@ -5,7 +5,10 @@ Text targets are caption tokens 1 .. text_len - 1 (the first token has no predec
 included as their per-position ids; image targets are all given image codes. Caption dropout
 (whole captions replaced by pads) trains the unconditional model that classifier-free guidance
 in ``dalle.sampling`` mixes with the conditional one. Word dropout (an option) masks single
-caption words of the model's input while the caption loss still predicts them.
+caption words of the model's input while the caption loss still predicts them; code and colour
+dropout (options) leave single image codes, or the colour factor of a product codebook's codes,
+out of the model's input while every code stays a target, so that more of the image is drawn
+from the caption rather than copied from the codes before it.
 
 :func:`fit_transformer` trains a model in place on token batches; :func:`train_transformer` is
 the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) and its run out.
@@ -45,22 +48,36 @@ def dalle_loss(
     image_weight: float = 7 / 8,
     terms: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
     text_targets: torch.Tensor | None = None,
+    drop_codes: torch.Tensor | None = None,
+    drop_colours: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``text`` (B, text_len), ``image`` (B, n >= 1) codes -> ``(loss, {"text_loss", "image_loss"})``.
 
     ``loss = text_weight * text_loss + image_weight * image_loss``; the metrics are the two
     means in nats, as floats. The last image code is only a target, so the model sees
     ``image[:, :-1]``. ``text_targets`` (default ``text``) are the captions the text loss
-    predicts when the model's input ``text`` has masked words. The inputs are checked here,
-    then ``terms`` (default :func:`loss_terms`; a compiled one in :class:`DalleObjective`)
+    predicts when the model's input ``text`` has masked words; ``drop_codes`` and
+    ``drop_colours``, boolean ``(B, n - 1)``, leave input codes or their colour factors out of
+    the model's input (:meth:`DALLE.unchecked_hidden`) while every code stays a target. The
+    inputs are checked here, then ``terms`` (default :func:`loss_terms`; a compiled one in :class:`DalleObjective`)
     computes the tensors.
     """
     check_loss_inputs(model, text, image, text_weight, image_weight)
     if text_targets is not None:
         model.check_text(text_targets)
+    for mask in (drop_codes, drop_colours):
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != image[:, :-1].shape):
+            raise ValueError(
+                f"expected a boolean code mask of shape {tuple(image[:, :-1].shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+    if drop_colours is not None and not model.cfg.image_palette:
+        raise ValueError("colour dropout needs a product codebook (a dVAE with a palette)")
     targets = text if text_targets is None else text_targets
     terms = loss_terms if terms is None else terms
-    loss, text_loss, image_loss = terms(model, text, image, text_weight, image_weight, targets)
+    loss, text_loss, image_loss = terms(
+        model, text, image, text_weight, image_weight, targets, drop_codes, drop_colours
+    )
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
 
@@ -83,13 +100,15 @@ def loss_terms(
     text_weight: float,
     image_weight: float,
     text_targets: torch.Tensor,
+    drop_codes: torch.Tensor | None = None,
+    drop_colours: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`dalle_loss` as tensors ``(loss, text_loss, image_loss)``, unchecked: what the
     ``compile`` option of :class:`DalleObjective` compiles."""
     cfg = model.cfg
     t = cfg.text_len
     # Each position through the head of the modality it predicts, never the full vocabulary.
-    h = model.unchecked_hidden(text, image[:, :-1])  # (B, text_len + n - 1, C)
+    h = model.unchecked_hidden(text, image[:, :-1], drop_codes, drop_colours)  # (B, t + n - 1, C)
     text_logits = model.text_logits(h[:, : t - 1]).float()  # (B, text_len - 1, text_vocab_total)
     targets = model.text_tokens(text_targets)[:, 1:]
     text_loss = F.cross_entropy(text_logits.flatten(0, 1), targets.flatten())
@@ -155,7 +174,18 @@ class DalleObjective(SeededObjective):
         if self.cfg.word_dropout:
             text, targets = word_dropout(text, self.cfg.word_dropout, self.generator), text
         weights = self.cfg.text_weight, self.cfg.image_weight
-        return dalle_loss(model, text, codes, *weights, terms=self.terms, text_targets=targets)
+        return dalle_loss(
+            model, text, codes, *weights, terms=self.terms, text_targets=targets,
+            drop_codes=self._code_mask(codes, self.cfg.code_dropout),
+            drop_colours=self._code_mask(codes, self.cfg.colour_dropout),
+        )  # fmt: skip
+
+    def _code_mask(self, codes: torch.Tensor, p: float) -> torch.Tensor | None:
+        """Which input codes ``codes[:, :-1]`` to leave out, each with probability ``p``; None at 0."""
+        if not p:
+            return None
+        shape = (codes.shape[0], codes.shape[1] - 1)
+        return (torch.rand(shape, generator=self.generator) < p).to(codes.device)
 
 
 def fit_transformer(
@@ -225,6 +255,8 @@ def train_transformer(
 
         tokenizer = train_tokenizer(tokens.captions)
     model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
+    if cfg.colour_dropout and not model.image_palette:
+        raise ValueError("--colour-dropout needs a dVAE with a product codebook (a palette)")
     settings = {"model": to_dict(model), "train": to_dict(cfg), "rows": len(tokens)}
     defaults = {"model": to_dict(TransformerConfig()), "train": to_dict(TransformerTrainConfig())}
     out = start_run(Path(out), settings, run.resume, run.force, defaults)
