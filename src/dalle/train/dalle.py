@@ -59,8 +59,8 @@ def dalle_loss(
     predicts when the model's input ``text`` has masked words; ``drop_codes`` and
     ``drop_colours``, boolean ``(B, n - 1)``, leave input codes or their colour factors out of
     the model's input (:meth:`DALLE.unchecked_hidden`) while every code stays a target. The
-    inputs are checked here, then ``terms`` (default :func:`loss_terms`; a compiled one in :class:`DalleObjective`)
-    computes the tensors.
+    inputs are checked here, then ``terms`` (default :func:`loss_terms`; a compiled one in
+    :class:`DalleObjective`) computes the tensors.
     """
     check_loss_inputs(model, text, image, text_weight, image_weight)
     if text_targets is not None:
