@@ -330,6 +330,18 @@ def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
     assert not math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-4)
 
 
+def test_the_objective_draws_nothing_for_options_that_are_off():
+    """Runs without code or colour dropout draw what they drew before the options existed."""
+    from dalle.train.config import TransformerTrainConfig
+    from dalle.train.dalle import DalleObjective
+
+    model = model_for(image_palette=3)
+    text, image = batch(model.cfg, n=4)
+    g = torch.Generator().manual_seed(7)
+    DalleObjective(TransformerTrainConfig(caption_dropout=0.0), g)(model, (text, image), 0)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(7).get_state())
+
+
 def test_colour_dropout_needs_a_product_codebook():
     model = model_for(image_palette=0)
     text, image = batch(model.cfg, n=4)

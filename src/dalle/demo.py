@@ -74,8 +74,8 @@ TUNING_IMAGES = 1
 TRANSFORMER_PRECISION = "bf16"
 COMPILE = True
 # Each input code's colour factor left out with this probability in training (a product
-# codebook's; every code stays a target): in 10-minute demos it cut the colour errors of
-# two-object prompts from 35-57 % to 22 %; leaving whole codes out (0.5) lost everywhere.
+# codebook's; every code stays a target): in a 10-minute demo the colour errors of two-object
+# prompts were 22 % (35-57 % in nine demos without it); leaving whole codes out (0.5) lost.
 COLOUR_DROPOUT = 0.5
 RERANK = 8  # the samples: best of RERANK by CLIP (an override; the saved defaults do not rerank)
 PROMPTS = (

@@ -146,6 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
     from dalle.train import TransformerTrainConfig, distributed, encode, train_transformer
+    from dalle.train.dalle import check_recipe
 
     if (args.tokens is None) == (args.data is None):
         raise ValueError("give exactly one of --tokens FILE or --data shapes|DIR")
@@ -169,6 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.text_depth is not None:
         model_cfg = dataclasses.replace(model_cfg, text_depth=args.text_depth)
     vae = DiscreteVAE.load(vae_dir(args.vae))
+    check_recipe(train_cfg, vae)  # before encoding
     if args.tokens:
         tokens = TokenSet.load(args.tokens)
     else:

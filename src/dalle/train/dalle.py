@@ -150,7 +150,8 @@ def word_dropout(
 
 class DalleObjective(SeededObjective):
     """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
-    its generator draws the caption dropout. ``compile`` runs :func:`loss_terms` (forward and
+    its generator draws caption, word, code and colour dropout, in that order, each only when
+    its option is on. ``compile`` runs :func:`loss_terms` (forward and
     backward) through ``torch.compile``, compiled at the first step (without a working
     compiler: one warning, then eagerly)."""
 
@@ -233,6 +234,12 @@ def check_tokens(tokens: TokenSet, vae: DiscreteVAE) -> None:
         )
 
 
+def check_recipe(cfg: TransformerTrainConfig, vae: DiscreteVAE) -> None:
+    """ValueError if ``cfg`` asks for what ``vae``'s codes lack (colour dropout, a palette)."""
+    if cfg.colour_dropout and not vae.cfg.palette:
+        raise ValueError("--colour-dropout needs a dVAE with a product codebook (a palette)")
+
+
 def train_transformer(
     tokens: TokenSet,
     vae: DiscreteVAE,
@@ -248,6 +255,7 @@ def train_transformer(
     (a pipeline folder for :class:`dalle.DallePipeline` and ``dalle generate``),
     ``out/metrics.jsonl``, ``out/train_config.json`` and sample grids ``out/samples_*.png``."""
     check_tokens(tokens, vae)  # before anything is written
+    check_recipe(cfg, vae)
     if cfg.batch_size > len(tokens):
         raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(tokens)} token rows")
     if tokenizer is None:
@@ -255,8 +263,6 @@ def train_transformer(
 
         tokenizer = train_tokenizer(tokens.captions)
     model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
-    if cfg.colour_dropout and not model.image_palette:
-        raise ValueError("--colour-dropout needs a dVAE with a product codebook (a palette)")
     settings = {"model": to_dict(model), "train": to_dict(cfg), "rows": len(tokens)}
     defaults = {"model": to_dict(TransformerConfig()), "train": to_dict(TransformerTrainConfig())}
     out = start_run(Path(out), settings, run.resume, run.force, defaults)
