@@ -164,7 +164,23 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(forks
     assert logged == sorted(set(logged)) and logged[-1] == STEPS
 
 
-def test_ctrl_c_between_an_update_and_the_step_count_still_resumes_exactly(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, even under a parent that ignores SIGINT (``nohup`` or a
+    background job of a non-interactive shell, where the loop rightly leaves Ctrl-C alone)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _default_ctrl_c() -> None:
+    """In a child before it starts Python: SIGINT at its default, so Python installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_between_an_update_and_the_step_count_still_resumes_exactly(
+    tmp_path, ctrl_c_raises
+):
     """SIGINT right after the optimizer has moved the weights of step 3: the loop finishes the
     step, saves it as step 3 and stops; resuming ends where an uninterrupted run ends."""
     from test_checkpoint import _equal, _run
@@ -209,7 +225,9 @@ def _train_argv(inputs: dict[str, Path], out: Path, steps: int, every: int) -> l
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(cli_inputs, tmp_path):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "dalle", *_train_argv(cli_inputs, run, 5000, 1000)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_ctrl_c
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + CHILD_TIMEOUT
     while not (metrics.is_file() and metrics.read_text().strip()):  # 10 steps are done
