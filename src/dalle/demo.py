@@ -75,7 +75,7 @@ TRANSFORMER_PRECISION = "bf16"
 COMPILE = True
 # Each input code's colour factor left out with this probability in training (a product
 # codebook's; every code stays a target): in a 10-minute demo the colour errors of two-object
-# prompts were 22 % (35-57 % in nine demos without it); leaving whole codes out (0.5) lost.
+# prompts were 22 % (35-57 % in twelve demos without it); leaving whole codes out lost.
 COLOUR_DROPOUT = 0.5
 RERANK = 8  # the samples: best of RERANK by CLIP (an override; the saved defaults do not rerank)
 PROMPTS = (
