@@ -253,19 +253,9 @@ class TransformerTrainConfig:
 
     def __post_init__(self) -> None:
         _check_recipe(self.steps, self.batch_size, self.lr)
-        _require(
-            0.0 <= self.caption_dropout < 1.0,
-            f"caption_dropout must be in [0, 1), got {self.caption_dropout}",
-        )
-        _require(
-            0.0 <= self.word_dropout < 1.0,
-            f"word_dropout must be in [0, 1), got {self.word_dropout}",
-        )
-        for name in ("code_dropout", "colour_dropout"):
-            _require(
-                0.0 <= getattr(self, name) < 1.0,
-                f"{name} must be in [0, 1), got {getattr(self, name)}",
-            )
+        for name in ("caption_dropout", "word_dropout", "code_dropout", "colour_dropout"):
+            p = getattr(self, name)
+            _require(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
         _require(
             self.text_weight >= 0 and self.image_weight >= 0,
             f"loss weights must be >= 0, got {self.text_weight}, {self.image_weight}",

@@ -151,9 +151,9 @@ def word_dropout(
 class DalleObjective(SeededObjective):
     """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
     its generator draws caption, word, code and colour dropout, in that order, each only when
-    its option is on. ``compile`` runs :func:`loss_terms` (forward and
-    backward) through ``torch.compile``, compiled at the first step (without a working
-    compiler: one warning, then eagerly)."""
+    its option is on. ``compile`` runs :func:`loss_terms` (forward and backward) through
+    ``torch.compile``, compiled at the first step (without a working compiler: one warning,
+    then eagerly)."""
 
     def __init__(
         self,
