@@ -8,7 +8,7 @@ the rest under a caption that adds a second object lower down.
 Sources: one-object scenes ``make_sample(EVAL_SEED, split, i)`` (a seed no training run draws;
 ``holdout``: every one shows a held-out colour-shape pair) whose object sits in the top row of
 cells. The kept code rows cover that row of cells: no object crosses the first grid line at
-pixel 21 (SHAPES.md; ``dalle.eval.shapes.GRID_LINES``), so ``ceil(21 / (64 / grid))`` rows
+pixel 21 (SHAPES.md; ``dalle.eval.shapes_fidelity.GRID_LINES``), so ``ceil(21 / (64 / grid))`` rows
 (16x16 codes of 4 px: 6 rows, 24 px; 8x8 codes: 3 rows). The prompt is the scene's caption,
 ``" and "``, and the phrase (``ObjectSpec.phrase``, size and cell stated) of a second object in
 a lower cell that lies wholly below the kept rows whatever its jitter (a bottom-row cell, or a
@@ -27,7 +27,7 @@ unless a flag overrides one (no reranking). Reported, per image:
   decoder sees the new rows too, so pixels near the boundary may differ a little;
 - ``reconstruction_exact`` per source: the reconstruction's kept rows equal the source's own
   pixels (how far "exact" can reach: the dVAE is not lossless);
-- ``satisfied``: the full caption holds in the pixels (``dalle.eval.shapes.satisfies``), and
+- ``satisfied``: the full caption holds in the pixels (``dalle.eval.shapes_fidelity.satisfies``), and
   ``oracle``: some image of the prompt satisfies it; with ``--baseline`` the same captions
   drawn without the picture (plain text-to-image, same seed) beside them.
 
@@ -52,7 +52,7 @@ import numpy as np
 def kept_rows(grid: int, image_size: int) -> int:
     """Code rows covering the top row of cells: everything above the first grid line."""
     from dalle.data.shapes import CANVAS
-    from dalle.eval.shapes import GRID_LINES
+    from dalle.eval.shapes_fidelity import GRID_LINES
 
     if image_size != CANVAS or CANVAS % grid:
         raise ValueError(f"expected a {CANVAS} px model with whole-pixel code rows")
@@ -130,7 +130,7 @@ def main() -> int:
 
     import torch
 
-    from dalle.eval.shapes import satisfies
+    from dalle.eval.shapes_fidelity import satisfies
     from dalle.images import captioned_grid, image_to_tensor
     from dalle.pipeline import DallePipeline
 

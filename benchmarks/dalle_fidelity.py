@@ -160,8 +160,8 @@ def main() -> int:
 
     import torch
 
-    from dalle.eval.shapes import fidelity, open_pairs, read_manifest
     from dalle.eval.shapes_breakdown import PromptResult, breakdown
+    from dalle.eval.shapes_fidelity import fidelity, open_pairs, read_manifest
 
     prompts = fresh_prompts(args.prompts, args.prompt_seed)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,11 @@ def main() -> int:
     from dalle.data.batches import endless_batches
     from dalle.data.shapes import ShapesStream, collate, make_sample
     from dalle.data.tokens import encode_pairs, token_batches
-    from dalle.models.dalle import DALLE
+    from dalle.models.dalle_transformer import DALLE
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
-    from dalle.train.config import TransformerTrainConfig
-    from dalle.train.dalle import DalleObjective
+    from dalle.train.train_config import TransformerTrainConfig
+    from dalle.train.transformer_trainer import DalleObjective
 
     torch.manual_seed(0)
     captions = [make_sample(0, "train", i).caption for i in range(2000)]

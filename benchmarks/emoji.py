@@ -65,9 +65,9 @@ def main() -> int:
     from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, VAE_PRESETS
     from dalle.data import FolderData
     from dalle.data.emoji import TONES
-    from dalle.eval.clip import retrieval
     from dalle.eval.nearest import nearest_choice, own_rank, top_k
-    from dalle.eval.vae import evaluate_vae
+    from dalle.eval.reconstruction import evaluate_vae
+    from dalle.eval.retrieval import retrieval
     from dalle.images import image_to_tensor, load_image
     from dalle.outputs import write_generation
     from dalle.sampling import SamplingConfig

@@ -49,11 +49,11 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from dalle.config import TransformerConfig
-    from dalle.models.dalle import DALLE
+    from dalle.models.dalle_transformer import DALLE
     from dalle.sampling import sample_codes
-    from dalle.train.config import TransformerTrainConfig
-    from dalle.train.dalle import DalleObjective
     from dalle.train.loop import fusable
+    from dalle.train.train_config import TransformerTrainConfig
+    from dalle.train.transformer_trainer import DalleObjective
 
     cfg = TransformerConfig(
         text_vocab=512, text_len=16, image_vocab=512, image_grid=16, dim=256, depth=4, heads=8,

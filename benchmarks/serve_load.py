@@ -65,7 +65,7 @@ def save_model(folder: Path) -> None:
 
     from dalle.config import TransformerConfig, VAEConfig
     from dalle.data.shapes import make_sample
-    from dalle.models.dalle import DALLE
+    from dalle.models.dalle_transformer import DALLE
     from dalle.models.vae import DiscreteVAE
     from dalle.pipeline import DallePipeline
     from dalle.tokenizer import Tokenizer

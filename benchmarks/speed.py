@@ -200,11 +200,11 @@ def main() -> int:
     import torch
 
     from dalle.config import VAE_PRESETS, TransformerConfig, to_dict
-    from dalle.models.dalle import DALLE
+    from dalle.models.dalle_transformer import DALLE
     from dalle.models.vae import DiscreteVAE
-    from dalle.train.config import TransformerTrainConfig, VAETrainConfig
-    from dalle.train.dalle import DalleObjective
-    from dalle.train.vae import VAEObjective
+    from dalle.train.train_config import TransformerTrainConfig, VAETrainConfig
+    from dalle.train.transformer_trainer import DalleObjective
+    from dalle.train.vae_trainer import VAEObjective
 
     repeats = 1 if args.quick else args.repeats
     base = TransformerConfig(

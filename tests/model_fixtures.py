@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from dalle.config import TransformerConfig
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 
 
 def sharp_dalle(cfg: TransformerConfig) -> DALLE:

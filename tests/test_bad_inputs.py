@@ -33,10 +33,10 @@ import torch
 
 from bad_images import BAD_IMAGES, GREY16, ODD_IMAGES
 from dalle.cli import main
-from dalle.data.folder import ImageFolderDataset
+from dalle.data.image_folder import ImageFolderDataset
 from dalle.data.tokens import TokenSet, encode_pairs
 from dalle.images import load_image
-from dalle.models.folder import WEIGHTS_FILE
+from dalle.models.saving import WEIGHTS_FILE
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.tokenizer import Tokenizer

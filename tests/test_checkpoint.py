@@ -12,10 +12,10 @@ import torch
 from dalle.cli import main
 from dalle.config import TransformerConfig
 from dalle.data.tokens import token_batches
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.train.checkpoint import checkpoints, load_latest
-from dalle.train.config import CheckpointConfig, TransformerTrainConfig
-from dalle.train.dalle import fit_transformer
+from dalle.train.train_config import CheckpointConfig, TransformerTrainConfig
+from dalle.train.transformer_trainer import fit_transformer
 
 CFG = TransformerConfig(text_vocab=20, text_len=4, image_vocab=8, image_grid=2, dim=16,
                         depth=1, heads=2, dropout=0.1, attention=("full",))  # fmt: skip
@@ -102,7 +102,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 def test_cli_resume_continues_a_run_exactly(tmp_path, capsys):
     """`dalle train --resume` from the step-3 checkpoint of a 6-step run ends where it ended."""
     from dalle.config import VAEConfig
-    from dalle.models.folder import WEIGHTS_FILE
+    from dalle.models.saving import WEIGHTS_FILE
     from dalle.models.vae import DiscreteVAE
 
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def test_checkpoints_are_due_by_steps_or_by_minutes():
 @pytest.mark.parametrize("warm_start", ["1", "0"])
 def test_train_vae_resumes_exactly(tmp_path, warm_start):
     """Both one-phase dVAE recipes: the k-means warm start and the relaxed ELBO."""
-    from dalle.models.folder import WEIGHTS_FILE
+    from dalle.models.saving import WEIGHTS_FILE
 
     run = tmp_path / "run"
     argv = ["train-vae", "--data", "shapes", "--out", str(run), "--steps", "6"]

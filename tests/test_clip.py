@@ -17,11 +17,11 @@ from dalle.config import CLIPConfig, TransformerConfig, VAEConfig
 from dalle.data.shapes import ShapeObject, make_sample
 from dalle.data.shapes_captions import positives as shapes_positives
 from dalle.models.clip import CLIP, caption_positives
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.tokenizer import Tokenizer
-from dalle.train.clip import clip_loss
+from dalle.train.clip_trainer import clip_loss
 
 TINY = CLIPConfig(
     text_vocab=300, text_len=8, text_dim=32, text_depth=1, text_heads=2,

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from dalle.config import TransformerConfig, VAEConfig
 from dalle.data.shapes import ShapesDataset, collate
 from dalle.models.codebook import code_marginals, product_logits
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
-from dalle.train.config import VAETrainConfig
+from dalle.train.train_config import VAETrainConfig
 
 PRODUCT = VAEConfig(image_size=32, downsample=4, vocab_size=24, n_hid=8, n_init=16, palette=3)
 # The spec's colours (SHAPES.md), written out here as an independent reference.
@@ -99,8 +99,8 @@ def test_kmeans_product_codebook_recovers_the_spec_palette():
 
 
 def test_warm_start_trains_a_product_codebook(tmp_path):
-    from dalle.eval.vae import psnr
-    from dalle.train.vae import fit_vae
+    from dalle.eval.reconstruction import psnr
+    from dalle.train.vae_trainer import fit_vae
 
     images = collate([ShapesDataset("train", 16, seed=3)[i] for i in range(16)])["image"]
     torch.manual_seed(0)

@@ -16,10 +16,10 @@ from torch._dynamo.utils import counters
 
 from dalle.compiling import Compiled
 from dalle.config import TransformerConfig
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.sampling import compiled_step, sample_codes
-from dalle.train.config import TransformerTrainConfig
-from dalle.train.dalle import DalleObjective, dalle_loss
+from dalle.train.train_config import TransformerTrainConfig
+from dalle.train.transformer_trainer import DalleObjective, dalle_loss
 from model_fixtures import sharp_dalle
 
 BASE = TransformerConfig(

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from dalle.cli import main
 from dalle.config import VAEConfig
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.train.distributed import shard
 

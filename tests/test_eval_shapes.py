@@ -1,4 +1,4 @@
-"""The pixel-only prompt checker (dalle.eval.shapes): accuracy on the shapes dataset and contract.
+"""The pixel-only prompt checker (dalle.eval.shapes_fidelity): accuracy on the shapes dataset and contract.
 
 Measured accuracies print as lines starting ``eval-shapes`` (run ``pytest -s`` to see them).
 Degradation: a separable Gaussian blur written in numpy (sigma 0.6 px, kernel radius 3 px,
@@ -27,7 +27,7 @@ from dalle.data.shapes import (
     make_sample,
     write_folder,
 )
-from dalle.eval.shapes import (
+from dalle.eval.shapes_fidelity import (
     FoundObject,
     ObjectSpec,
     fidelity,

@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from dalle.data.shapes import COLORS, SHAPES, ShapeObject, draw_scene, make_sample
-from dalle.eval.shapes import find_objects, matches, parse_prompt, satisfies
 from dalle.eval.shapes_breakdown import (
     Diagnosis,
     PromptResult,
@@ -20,6 +19,7 @@ from dalle.eval.shapes_breakdown import (
     group_of,
     match,
 )
+from dalle.eval.shapes_fidelity import find_objects, matches, parse_prompt, satisfies
 
 PROMPT = "a small orange diamond at the bottom and a large cyan triangle in the bottom left"
 DIAMOND = ShapeObject("diamond", "orange", "small", 1, 2, 32, 53)

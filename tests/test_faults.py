@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from dalle.cli import main
 from dalle.train.checkpoint import CHECKPOINT_DIR, checkpoints
-from dalle.train.config import CheckpointConfig
+from dalle.train.train_config import CheckpointConfig
 from test_checkpoint import CFG, TRAIN, _data
 
 pytestmark = pytest.mark.skipif(
@@ -50,9 +50,9 @@ def _child(run: str, events: Connection) -> None:
     """The training process: resumes when ``run`` has a checkpoint, reports its progress on
     ``events``, and writes ``run/final.safetensors`` when all steps are done."""
     from dalle.data.tokens import token_batches
-    from dalle.models.dalle import DALLE
-    from dalle.train.dalle import fit_transformer
+    from dalle.models.dalle_transformer import DALLE
     from dalle.train.loop import Callback
+    from dalle.train.transformer_trainer import fit_transformer
 
     real_fsync = os.fsync
 
@@ -110,7 +110,7 @@ class Trainer:
 def forkserver() -> None:
     """Training processes fork from a server that has torch and this module imported
     (``torch._dynamo`` too: the first optimizer of a process imports it, for a second)."""
-    multiprocessing.set_forkserver_preload(["torch._dynamo", "dalle.train.dalle", "test_faults"])
+    multiprocessing.set_forkserver_preload(["torch._dynamo", "dalle.train.transformer_trainer", "test_faults"])
 
 
 def _newest_step_reads_whole(run: Path) -> int:
@@ -248,7 +248,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(cli_inputs, tmp_
     """The third checkpoint write hits ENOSPC (its file descriptor points at /dev/full): the
     command fails in one line, the earlier checkpoints stay whole, no temporary file is left,
     and ``--resume`` then ends where an uninterrupted run ends."""
-    from dalle.models.folder import WEIGHTS_FILE
+    from dalle.models.saving import WEIGHTS_FILE
 
     whole = tmp_path / "whole"
     assert main(_train_argv(cli_inputs, whole, 8, 2)) == 0

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dalle.cli import main
 from dalle.config import VAEConfig
-from dalle.data.folder import ImageFolderDataset
+from dalle.data.image_folder import ImageFolderDataset
 from dalle.data.tokens import TokenSet
 from dalle.models.vae import DiscreteVAE
 

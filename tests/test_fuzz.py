@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dalle.cli.generate import read_prompts
-from dalle.data.folder import ImageFolderDataset
+from dalle.data.image_folder import ImageFolderDataset
 from dalle.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, make_sample
-from dalle.eval.shapes import ObjectSpec, find_objects, format_prompt, parse_prompt
+from dalle.eval.shapes_fidelity import ObjectSpec, find_objects, format_prompt, parse_prompt
 from dalle.images import load_image
 from dalle.tokenizer import Tokenizer
 

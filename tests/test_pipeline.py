@@ -15,15 +15,15 @@ from PIL import Image
 
 from dalle.cli import main
 from dalle.config import VAEConfig
-from dalle.data.folder import ImageFolderDataset
+from dalle.data.image_folder import ImageFolderDataset
 from dalle.data.shapes import make_sample
 from dalle.data.tokens import TokenSet
 from dalle.images import image_to_tensor, png_bytes, tensor_to_image
-from dalle.models.folder import fingerprint
+from dalle.models.saving import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.sampling import SamplingConfig, sample_codes
-from dalle.train.dalle import caption_dropout
+from dalle.train.transformer_trainer import caption_dropout
 
 VAE = VAEConfig(image_size=64, downsample=8, vocab_size=32, n_hid=8, n_init=16)
 
@@ -294,7 +294,7 @@ def test_mismatched_parts_are_refused(trained, tmp_path):
 
 def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     """The README's first command, shrunk: tiny models, two prompts, a 12-second budget."""
-    import dalle.demo as demo
+    import dalle.demo_recipe as demo
     from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, TransformerConfig
 
     monkeypatch.setitem(VAE_PRESETS, "shapes", VAE)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from dalle.cli import main
-from dalle.plot import LINE, PANEL_H, series_names
+from dalle.curves import LINE, PANEL_H, series_names
 
 
 def test_plot_draws_one_panel_per_series(tmp_path, capsys):

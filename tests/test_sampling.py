@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle.config import TransformerConfig
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.sampling import (
     SamplingConfig,
     guide,

@@ -9,7 +9,7 @@ import torch
 
 from dalle.config import TransformerConfig, VAEConfig
 from dalle.data.shapes import make_sample
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.sampling import sample_codes

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from dalle.train.config import OptimConfig
 from dalle.train.loop import train
+from dalle.train.train_config import OptimConfig
 
 
 class Regression:

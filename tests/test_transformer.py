@@ -18,9 +18,9 @@ from dalle.config import (
     paper_attention,
     to_dict,
 )
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.transformer import KVCache, Transformer, attention_mask
-from dalle.train.dalle import caption_dropout, dalle_loss
+from dalle.train.transformer_trainer import caption_dropout, dalle_loss
 
 KINDS = ("full", "row", "column", "conv")
 TINY = TransformerConfig(
@@ -255,8 +255,8 @@ def test_masked_words_are_inputs_only_and_the_caption_loss_predicts_the_real_wor
     """Word dropout pads single input tokens (a rate near p, the caller's tensor untouched);
     the objective's text loss on those inputs is the hand computation against the real
     caption, and its image loss the model's on the masked caption."""
-    from dalle.train.config import TransformerTrainConfig
-    from dalle.train.dalle import DalleObjective, word_dropout
+    from dalle.train.train_config import TransformerTrainConfig
+    from dalle.train.transformer_trainer import DalleObjective, word_dropout
 
     text = torch.randint(1, 20, (64, 8))
     kept = text.clone()
@@ -290,8 +290,8 @@ def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
     factor: the same as zeroing those rows of the table for every code; positions before the
     first dropped code are untouched (causal), and the objective's image loss is the NLL of
     every code, dropped ones included, under the masked input drawn from its generator."""
-    from dalle.train.config import TransformerTrainConfig
-    from dalle.train.dalle import DalleObjective
+    from dalle.train.train_config import TransformerTrainConfig
+    from dalle.train.transformer_trainer import DalleObjective
 
     model = model_for(image_palette=palette)
     cfg = model.cfg
@@ -332,8 +332,8 @@ def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
 
 def test_the_objective_draws_nothing_for_options_that_are_off():
     """Runs without code or colour dropout draw what they drew before the options existed."""
-    from dalle.train.config import TransformerTrainConfig
-    from dalle.train.dalle import DalleObjective
+    from dalle.train.train_config import TransformerTrainConfig
+    from dalle.train.transformer_trainer import DalleObjective
 
     model = model_for(image_palette=3)
     text, image = batch(model.cfg, n=4)

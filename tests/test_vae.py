@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from dalle.config import VAE_PRESETS, VAEConfig
 from dalle.data.shapes import ShapesDataset, collate
-from dalle.eval.vae import codebook_stats, psnr
+from dalle.eval.reconstruction import codebook_stats, psnr
 from dalle.models.vae import DiscreteVAE, gumbel_softmax, map_pixels, unmap_pixels
-from dalle.train.config import VAETrainConfig
 from dalle.train.schedules import cosine_ramp, lr_factor
-from dalle.train.vae import VAEObjective, kl_to_uniform, logit_laplace_nll
+from dalle.train.train_config import VAETrainConfig
+from dalle.train.vae_trainer import VAEObjective, kl_to_uniform, logit_laplace_nll
 
 TINY = VAEConfig(image_size=32, downsample=4, vocab_size=32, n_hid=8, n_init=16)
 
@@ -192,7 +192,7 @@ def test_objective_is_normalised_per_subpixel(images):
 
 
 def test_batch_usage_kl_matches_hand_computation():
-    from dalle.train.vae import batch_usage_kl
+    from dalle.train.vae_trainer import batch_usage_kl
 
     logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]]).t().reshape(1, 2, 1, 2)  # q: 1/2, 3/4
     mean_q = [(0.5 + 0.75) / 2, (0.5 + 0.25) / 2]
@@ -220,7 +220,7 @@ def test_codebook_stats():
 
 
 def test_training_a_few_steps_improves_reconstruction(images, tmp_path):
-    from dalle.train.vae import fit_vae
+    from dalle.train.vae_trainer import fit_vae
 
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))
@@ -264,7 +264,7 @@ def test_kmeans_finds_separated_clusters():
 
 def test_warm_start_codes_are_nearest_patch_centres(images):
     from dalle.train.kmeans import image_patches, patch_codebook
-    from dalle.train.vae import PatchCodeObjective
+    from dalle.train.vae_trainer import PatchCodeObjective
 
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64))
     cfg = VAETrainConfig(steps=10, kmeans_iters=5)
@@ -282,7 +282,7 @@ def test_warm_start_codes_are_nearest_patch_centres(images):
 def test_warm_start_then_elbo_trains_and_numbers_steps_once(images, tmp_path):
     import json
 
-    from dalle.train.vae import fit_vae
+    from dalle.train.vae_trainer import fit_vae
 
     torch.manual_seed(0)
     vae = DiscreteVAE(dataclasses.replace(TINY, image_size=64, vocab_size=64))

@@ -6,7 +6,7 @@ compiled code (a new input shape compiles once more). When compiling fails, what
 reason (no compiler, an unsupported platform, a graph break), one line goes to stderr, the call
 runs eagerly, and so does every later one: compiling is a speed option, never a new way to
 fail. The sampler (``dalle.sampling``) compiles the cached decode step (with dynamic shapes: one
-graph for every position and batch size); the transformer trainer (``dalle.train.dalle``) its
+graph for every position and batch size); the transformer trainer (``dalle.train.transformer_trainer``) its
 loss.
 """
 

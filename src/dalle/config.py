@@ -193,7 +193,7 @@ class TransformerConfig:
     ``text_vocab_total``. ``attention`` names one mask per layer (see
     ``dalle.models.transformer.attention_mask``); ``None`` means :func:`paper_attention`.
     ``image_palette`` is the dVAE's ``palette``: for a product codebook the image codes are
-    embedded, and their logits formed, as pattern plus colour (see ``dalle.models.dalle``).
+    embedded, and their logits formed, as pattern plus colour (see ``dalle.models.dalle_transformer``).
     """
 
     text_vocab: int = 512  # a placeholder in presets: replace with the tokenizer's vocab_size

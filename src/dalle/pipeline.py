@@ -5,7 +5,7 @@ A saved pipeline is a folder::
     model_dir/
       tokenizer.json
       vae/          config.json + model.safetensors  (dalle.models.vae.DiscreteVAE)
-      transformer/  config.json + model.safetensors  (dalle.models.dalle.DALLE)
+      transformer/  config.json + model.safetensors  (dalle.models.dalle_transformer.DALLE)
       clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
       examples.json captions of the training data, to suggest as prompts (optional)
       generation.json  the default SamplingConfig (optional: without it, plain sampling)
@@ -40,11 +40,11 @@ import torch
 from PIL import Image
 
 from dalle.config import load_config, to_dict
-from dalle.data.folder import prepare_image
+from dalle.data.image_folder import prepare_image
 from dalle.images import ImageInput, tensor_to_image
 from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.sampling import SamplingConfig, compiled_step, sample_codes
 from dalle.tokenizer import Tokenizer
@@ -185,7 +185,7 @@ class DallePipeline:
         """A picture (path, PIL image, array or tensor) -> ``(pixels (1, 3, S, S) in [0, 1],
         codes (1, h*w))`` on the model's device: converted as training folders are read (RGB,
         alpha dropped; shorter side scaled to the dVAE's size S, bicubic; centre crop; see
-        :func:`dalle.data.folder.prepare_image`), then encoded by the dVAE."""
+        :func:`dalle.data.image_folder.prepare_image`), then encoded by the dVAE."""
         pixels = prepare_image(image, self.vae.cfg.image_size)[None].to(self.device)
         return pixels, self.vae.encode(pixels)
 

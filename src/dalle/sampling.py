@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle.compiling import Compiled
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.transformer import KVCache
 
 

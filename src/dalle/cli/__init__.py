@@ -12,7 +12,6 @@ import sys
 
 from dalle import __version__
 from dalle.cli import (
-    clip,
     convert,
     data,
     demo,
@@ -20,12 +19,15 @@ from dalle.cli import (
     generate,
     plot,
     serve,
-    tokenizer,
+    tokenizer_cli,
     train,
-    vae,
+    train_clip,
+    train_vae,
 )
 
-COMMANDS = (data, tokenizer, vae, train, clip, generate, evaluate, plot, convert, demo, serve)
+COMMANDS = (
+    data, tokenizer_cli, train_vae, train, train_clip, generate, evaluate, plot, convert, demo, serve
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -94,7 +94,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> No
 def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
     """The :class:`dalle.train.RunConfig` of the checkpoint flags, ``--save-every``,
     ``--resume``, ``--force`` and (where the command has it) ``--compile``."""
-    from dalle.train.config import CheckpointConfig, RunConfig
+    from dalle.train.train_config import CheckpointConfig, RunConfig
 
     checkpoint = CheckpointConfig(
         args.checkpoint_every, args.keep, getattr(args, "checkpoint_minutes", None)

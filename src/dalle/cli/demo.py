@@ -1,4 +1,4 @@
-"""``dalle demo``: the README's first command; the work is :func:`dalle.demo.run_demo`."""
+"""``dalle demo``: the README's first command; the work is :func:`dalle.demo_recipe.run_demo`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dalle.demo import run_demo
+    from dalle.demo_recipe import run_demo
 
     run_demo(args.out, args.minutes, args.seed, args.force)
     return 0

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    from dalle.eval.shapes import fidelity, open_pairs, read_folder, read_manifest
+    from dalle.eval.shapes_fidelity import fidelity, open_pairs, read_folder, read_manifest
 
     if (args.folder is None) == (args.manifest is None):
         raise ValueError("give exactly one of DIR or --manifest FILE")
@@ -81,7 +81,7 @@ def run_shapes(args: argparse.Namespace) -> int:
 def run_vae(args: argparse.Namespace) -> int:
     from dalle.data import open_data
     from dalle.eval import fidelity_judge
-    from dalle.eval.vae import evaluate_vae
+    from dalle.eval.reconstruction import evaluate_vae
     from dalle.models.vae import DiscreteVAE
 
     vae = DiscreteVAE.load(vae_dir(args.model))
@@ -105,7 +105,7 @@ def clip_dir(path: Path) -> Path:
 
 
 def run_clip(args: argparse.Namespace) -> int:
-    from dalle.eval.clip import shapes_retrieval
+    from dalle.eval.retrieval import shapes_retrieval
     from dalle.models.clip import CLIP
     from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
     from dalle.tokenizer import Tokenizer

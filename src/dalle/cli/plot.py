@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dalle.curves import plot_metrics, read_metrics
     from dalle.images import png_bytes
     from dalle.io import check_output_file, write_bytes_atomic
-    from dalle.plot import plot_metrics, read_metrics
 
     sheet = plot_metrics(read_metrics(args.run / "metrics.jsonl"))
     out = check_output_file(args.out or args.run / "curves.png", force=True)

@@ -146,7 +146,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dalle.models.vae import DiscreteVAE
     from dalle.tokenizer import Tokenizer
     from dalle.train import TransformerTrainConfig, distributed, encode, train_transformer
-    from dalle.train.dalle import check_recipe
+    from dalle.train.transformer_trainer import check_recipe
 
     if (args.tokens is None) == (args.data is None):
         raise ValueError("give exactly one of --tokens FILE or --data shapes|DIR")

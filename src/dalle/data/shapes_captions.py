@@ -1,6 +1,6 @@
 """The captioned-shapes caption grammar (shared/SHAPES.md, "Captions"): a caption is parsed into
 object specs, and specs are matched one to one against objects, those of a scene's metadata or
-those the pixel checker (:mod:`dalle.eval.shapes`) finds in an image. CLIP's positives rule for
+those the pixel checker (:mod:`dalle.eval.shapes_fidelity`) finds in an image. CLIP's positives rule for
 the shapes (a caption describes every scene it matches) is built on the same match.
 """
 

@@ -197,7 +197,7 @@ class ShapesData(ImageTextData):
 
 
 class FolderData(ImageTextData):
-    """A folder of images with same-stem ``.txt`` captions (:mod:`dalle.data.folder`)."""
+    """A folder of images with same-stem ``.txt`` captions (:mod:`dalle.data.image_folder`)."""
 
     name = "folder"
 
@@ -206,7 +206,7 @@ class FolderData(ImageTextData):
         self.root = Path(root)
 
     def _dataset(self, image_size: int, seed: int, endless: bool) -> torch.utils.data.Dataset:
-        from dalle.data.folder import ImageFolderDataset
+        from dalle.data.image_folder import ImageFolderDataset
 
         return ImageFolderDataset(self.root, image_size, seed=seed)
 

@@ -3,7 +3,7 @@
 A token file is one safetensors file holding ``codes`` ``(N, h*w)`` (int16 when the codebook
 fits, else int32) and, in its metadata, the captions (a JSON list of ``N`` strings), the code
 grid side ``grid``, the codebook size ``vocab_size`` and ``vae_id``, the fingerprint of the dVAE
-that made the codes (:func:`dalle.models.folder.fingerprint`). ``dalle encode`` writes it;
+that made the codes (:func:`dalle.models.saving.fingerprint`). ``dalle encode`` writes it;
 ``dalle train --tokens FILE`` reads it and refuses codes made by another dVAE. Captions are
 kept as text, so any tokenizer can be used with the file.
 """
@@ -121,7 +121,7 @@ def encode_pairs(
         captions += list(caps)
     if not codes:
         raise ValueError("no images to encode")
-    from dalle.models.folder import fingerprint
+    from dalle.models.saving import fingerprint
 
     grid = vae.cfg.grid_size
     return TokenSet(torch.cat(codes), captions, grid, vae.cfg.vocab_size, fingerprint(vae))

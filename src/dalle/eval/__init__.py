@@ -1,6 +1,6 @@
 """Metrics. Generic ones (reconstruction PSNR and codebook usage, CLIP retrieval) work on any
 dataset; a dataset with a caption grammar offers a prompt-fidelity judge that reads pixels
-(:func:`fidelity_judge`; the built-in shapes: :mod:`dalle.eval.shapes`)."""
+(:func:`fidelity_judge`; the built-in shapes: :mod:`dalle.eval.shapes_fidelity`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ Judge = Callable[[Iterable[tuple[str, Any]]], dict]
 def fidelity_judge(data: ImageTextData) -> Judge | None:
     """The prompt-fidelity metric of ``data``'s captions, or ``None`` when it has none."""
     if isinstance(data, ShapesData):
-        from dalle.eval.shapes import fidelity
+        from dalle.eval.shapes_fidelity import fidelity
 
         return fidelity
     return None

@@ -1,6 +1,6 @@
 """Why a generated shapes image fails its prompt: per-attribute errors, oracle@N and reranking.
 
-:func:`dalle.eval.shapes.satisfies` says yes or no; this module names the failure. Each wanted
+:func:`dalle.eval.shapes_fidelity.satisfies` says yes or no; this module names the failure. Each wanted
 object (a phrase of the prompt) is paired with at most one object found in the pixels, and
 every attribute the phrase states is checked on its partner.
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from itertools import combinations, permutations
 
 from dalle.data.shapes_captions import Object, ObjectSpec, as_specs, is_held_out_prompt
-from dalle.eval.shapes import ImageLike, find_objects
+from dalle.eval.shapes_fidelity import ImageLike, find_objects
 
 ATTRIBUTES = ("color", "shape", "size", "cell")
 GROUPS = ("1/seen", "1/held_out", "2/seen", "2/held_out")  # then "all"; more objects add rows

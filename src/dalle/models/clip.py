@@ -29,7 +29,7 @@ from torch import nn
 from dalle.config import CLIPConfig
 from dalle.images import check_images
 from dalle.models.checks import check_ids
-from dalle.models.folder import load_component, save_component
+from dalle.models.saving import load_component, save_component
 from dalle.models.transformer import Block
 
 if TYPE_CHECKING:

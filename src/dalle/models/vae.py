@@ -31,7 +31,7 @@ from dalle.config import VAEConfig
 from dalle.images import check_images
 from dalle.models.checks import check_ids
 from dalle.models.codebook import code_marginals, product_logits, split_codes
-from dalle.models.folder import load_component, save_component
+from dalle.models.saving import load_component, save_component
 
 LOGIT_LAPLACE_EPS = 0.1
 

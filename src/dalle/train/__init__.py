@@ -12,14 +12,17 @@ and returning the trained component with its run folder (:class:`Trained`)::
     pipe.clip = train_clip(data, tokenizer, "runs/clip").model
     images = pipe(["a red circle"]).images
 
-Configs are in :mod:`dalle.train.config`; the generic loop under every stage (AdamW, schedule,
+Configs are in :mod:`dalle.train.train_config`; the generic loop under every stage (AdamW, schedule,
 accumulation, precision, EMA, checkpoints, exact resume, DDP) is :mod:`dalle.train.loop`.
 :func:`choose_sampling` picks the sampling defaults a model ships with (``generation.json``)
 on captions of its own data.
 """
 
-from dalle.train.clip import train_clip
-from dalle.train.config import (
+from dalle.sampler_choice import choose_sampling
+from dalle.train.clip_trainer import train_clip
+from dalle.train.run import Trained
+from dalle.train.tokenization import encode, train_tokenizer
+from dalle.train.train_config import (
     CheckpointConfig,
     CLIPTrainConfig,
     OptimConfig,
@@ -28,11 +31,8 @@ from dalle.train.config import (
     TransformerTrainConfig,
     VAETrainConfig,
 )
-from dalle.train.dalle import train_transformer
-from dalle.train.run import Trained
-from dalle.train.sampling import choose_sampling
-from dalle.train.tokens import encode, train_tokenizer
-from dalle.train.vae import train_vae
+from dalle.train.transformer_trainer import train_transformer
+from dalle.train.vae_trainer import train_vae
 
 __all__ = [
     "CLIPTrainConfig",

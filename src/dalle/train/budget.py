@@ -11,14 +11,14 @@ from dalle.config import CLIP_PRESETS, TRANSFORMER_PRESETS, CLIPConfig, Transfor
 from dalle.data.sources import ImageTextData
 from dalle.data.tokens import TokenSet, token_batches
 from dalle.models.clip import CLIP
-from dalle.models.dalle import DALLE
+from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.tokenizer import Tokenizer
-from dalle.train.clip import CLIPObjective
-from dalle.train.config import CLIPTrainConfig, TransformerTrainConfig, VAETrainConfig
-from dalle.train.dalle import DalleObjective, sized_config
+from dalle.train.clip_trainer import CLIPObjective
 from dalle.train.loop import steps_for_budget
-from dalle.train.vae import PatchCodeObjective, VAEObjective
+from dalle.train.train_config import CLIPTrainConfig, TransformerTrainConfig, VAETrainConfig
+from dalle.train.transformer_trainer import DalleObjective, sized_config
+from dalle.train.vae_trainer import PatchCodeObjective, VAEObjective
 
 
 def vae_steps_within(

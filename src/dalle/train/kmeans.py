@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dalle.config import VAEConfig
 from dalle.models.vae import DiscreteVAE
-from dalle.train.config import VAETrainConfig
+from dalle.train.train_config import VAETrainConfig
 
 
 def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from dalle.train import distributed
 from dalle.train.checkpoint import load_latest, save_checkpoint
-from dalle.train.config import CheckpointConfig, OptimConfig
 from dalle.train.schedules import lr_factor
+from dalle.train.train_config import CheckpointConfig, OptimConfig
 
 
 class Objective(Protocol):

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle.config import VAE_PRESETS, preset
     from dalle.data import ShapesData, open_data
     from dalle.eval import fidelity_judge
-    from dalle.eval.vae import evaluate_vae
+    from dalle.eval.reconstruction import evaluate_vae
     from dalle.io import write_json_atomic
     from dalle.train import VAETrainConfig, distributed, train_vae
 

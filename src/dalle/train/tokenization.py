@@ -12,7 +12,7 @@ from dalle.data.sources import ImageTextData
 from dalle.data.tokens import TokenSet, encode_pairs
 from dalle.models.vae import DiscreteVAE
 from dalle.tokenizer import Tokenizer
-from dalle.train.config import TokenizerConfig
+from dalle.train.train_config import TokenizerConfig
 
 
 def train_tokenizer(

@@ -23,7 +23,6 @@ from dalle.data.sources import ImageTextData
 from dalle.images import contact_sheet, png_bytes, tensor_to_image
 from dalle.io import write_bytes_atomic
 from dalle.models.vae import DiscreteVAE, map_pixels
-from dalle.train.config import CheckpointConfig, RunConfig, VAETrainConfig
 from dalle.train.kmeans import (
     image_patches,
     init_codebook_logits,
@@ -34,6 +33,7 @@ from dalle.train.kmeans import (
 from dalle.train.loop import Callback, SeededObjective, train
 from dalle.train.run import Trained, start_run
 from dalle.train.schedules import cosine_ramp
+from dalle.train.train_config import CheckpointConfig, RunConfig, VAETrainConfig
 
 
 def logit_laplace_nll(stats: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -184,7 +184,7 @@ class VAETrainConfig:
     # Data-dependent init of the logit layer (k-means++ on encoder features, see
     # dalle.train.kmeans.init_codebook_logits); 0 keeps the random init. Used without warm start.
     init_spread: float = 15.0
-    # Warm start (dalle.train.vae.PatchCodeObjective): the first ``warm_start`` fraction of the
+    # Warm start (dalle.train.vae_trainer.PatchCodeObjective): the first ``warm_start`` fraction of the
     # steps teaches the encoder the k-means code of each pixel patch (cross entropy) and the
     # decoder to draw images from those codes; the relaxed ELBO takes over for the rest. The
     # tiny recipe is all warm start: an ELBO phase after it lowered quality (benchmarks in

@@ -18,9 +18,9 @@ from typing import Any
 from dalle.config import CLIP_PRESETS, VAE_PRESETS, to_dict
 from dalle.data import ShapesData
 from dalle.eval import fidelity_judge
-from dalle.eval.clip import shapes_retrieval
-from dalle.eval.shapes import fidelity
-from dalle.eval.vae import evaluate_vae
+from dalle.eval.reconstruction import evaluate_vae
+from dalle.eval.retrieval import shapes_retrieval
+from dalle.eval.shapes_fidelity import fidelity
 from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from dalle.models.vae import DiscreteVAE
 from dalle.outputs import write_generation

@@ -30,14 +30,14 @@ from dalle.data.tokens import TokenSet, token_batches
 from dalle.images import contact_sheet, png_bytes
 from dalle.io import write_bytes_atomic
 from dalle.models.codebook import split_codes
-from dalle.models.dalle import DALLE
-from dalle.models.folder import fingerprint
+from dalle.models.dalle_transformer import DALLE
+from dalle.models.saving import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.tokenizer import Tokenizer
-from dalle.train.config import CheckpointConfig, RunConfig, TransformerTrainConfig
 from dalle.train.loop import Callback, SeededObjective, train
 from dalle.train.run import Trained, start_run
+from dalle.train.train_config import CheckpointConfig, RunConfig, TransformerTrainConfig
 
 
 def dalle_loss(
@@ -259,7 +259,7 @@ def train_transformer(
     if cfg.batch_size > len(tokens):
         raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(tokens)} token rows")
     if tokenizer is None:
-        from dalle.train.tokens import train_tokenizer
+        from dalle.train.tokenization import train_tokenizer
 
         tokenizer = train_tokenizer(tokens.captions)
     model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)

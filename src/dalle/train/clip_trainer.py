@@ -22,9 +22,9 @@ from dalle.config import CLIP_PRESETS, CLIPConfig, to_dict
 from dalle.data.sources import ImageTextData
 from dalle.models.clip import CLIP, caption_positives
 from dalle.tokenizer import Tokenizer
-from dalle.train.config import CheckpointConfig, CLIPTrainConfig, RunConfig
 from dalle.train.loop import Callback, train
 from dalle.train.run import Trained, start_run
+from dalle.train.train_config import CheckpointConfig, CLIPTrainConfig, RunConfig
 
 
 def clip_loss(

@@ -27,7 +27,7 @@ from torch import nn
 from dalle.config import TransformerConfig
 from dalle.models.checks import check_ids
 from dalle.models.codebook import product_logits, split_codes
-from dalle.models.folder import load_component, save_component
+from dalle.models.saving import load_component, save_component
 from dalle.models.transformer import Block, KVCache, Transformer
 
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dalle.config import CLIP_PRESETS, preset
     from dalle.data import ShapesData, open_data
-    from dalle.eval.clip import shapes_retrieval
+    from dalle.eval.retrieval import shapes_retrieval
     from dalle.io import write_json_atomic
     from dalle.pipeline import CLIP_DIR, DallePipeline, check_compatible
     from dalle.train import CLIPTrainConfig, distributed, train_clip
