@@ -17,3 +17,23 @@ def sharp_dalle(cfg: TransformerConfig) -> DALLE:
         model.head.weight.mul_(5)
         model.text_emb.weight.mul_(30)
     return model
+
+
+def sample_codes(
+    model: DALLE,
+    text: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    prime: torch.Tensor | None = None,
+    callback=None,
+    compile: bool = False,
+    use_cache: bool = True,
+    **settings,
+) -> torch.Tensor:
+    """``Sampler(**settings).sample(model, text, ...)``: the settings and the loop's arguments
+    in one call, as the sampling tests write them."""
+    from dalle.sampler import Sampler
+
+    sampler = Sampler(**settings)
+    return sampler.sample(model, text, generator=generator, prime=prime, callback=callback,
+                          compile=compile, use_cache=use_cache)  # fmt: skip

@@ -178,7 +178,7 @@ def test_rerank_keeps_the_best_candidates_in_order(pipeline_dir):
         want = pipe.decode(codes[p * 6 + best.indices[p, k]][None])[0]
         got = torch.from_numpy(np.asarray(image)).permute(2, 0, 1) / 255
         assert (got - want).abs().max() <= 1 / 255 + 1e-6
-    with pytest.raises(ValueError, match="rerank must be >= 1"):
+    with pytest.raises(ValueError, match="rerank must be an integer >= 1"):
         pipe(prompts, rerank=0)
 
 

@@ -139,7 +139,7 @@ def test_factorised_image_head_and_embedding():
     # cached sampling sees the same logits
     cache = model.new_cache(2)
     steps = [model.prefill(text, cache)]
-    steps += [model.step(image[:, i], cache) for i in range(cfg.image_len - 1)]
+    steps += [model.step(image[:, i], cache, cfg.text_len + i) for i in range(cfg.image_len - 1)]
     torch.testing.assert_close(torch.stack(steps, 1), h_logits[:, :-1], atol=1e-5, rtol=0)
 
 

@@ -22,8 +22,9 @@ from dalle.images import image_to_tensor, png_bytes, tensor_to_image
 from dalle.models.saving import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
-from dalle.sampling import SamplingConfig, sample_codes
+from dalle.sampler import Sampler
 from dalle.train.transformer_trainer import caption_dropout
+from model_fixtures import sample_codes
 
 VAE = VAEConfig(image_size=64, downsample=8, vocab_size=32, n_hid=8, n_init=16)
 
@@ -99,35 +100,40 @@ def test_pipeline_round_trip_and_seeds(trained, tmp_path):
     assert out.prompts == ["a red circle"] * 3 and out.scores is None
 
 
-SAVED = SamplingConfig(temperature=0.5, top_k=5, cond_scale=2.0)
+SAVED = Sampler(temperature=0.5, top_k=5, cond_scale=2.0)
 SAVED_JSON = {"temperature": 0.5, "top_k": 5, "top_p": None, "cond_scale": 2.0, "rerank": None}
+OLD_FIELDS = 5  # SAVED_JSON as written before min_p: such a file loads with min_p off
 
 
 def test_sampling_defaults_ship_with_the_model(trained, tmp_path):
     plain = DallePipeline.from_pretrained(trained["model"])
-    assert plain.sampling == SamplingConfig()  # training saves plain sampling
+    assert plain.sampler == Sampler()  # training saves plain sampling
     tuned = DallePipeline.from_pretrained(trained["model"])
-    tuned.sampling = SAVED
+    tuned.sampler = SAVED
     tuned.save_pretrained(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "generation.json").read_text()) == SAVED_JSON
+    saved = tmp_path / "m" / "generation.json"
+    assert json.loads(saved.read_text()) == {**SAVED_JSON, "min_p": None}
     again = DallePipeline.from_pretrained(tmp_path / "m")
-    assert again.sampling == SAVED
+    assert again.sampler == SAVED
+    assert len(SAVED_JSON) == OLD_FIELDS
+    saved.write_text(json.dumps(SAVED_JSON))  # an older generation.json, without min_p
+    assert DallePipeline.from_pretrained(tmp_path / "m").sampler == SAVED
     # The saved defaults draw exactly what the same settings given by the caller draw.
     prompts = ["a red circle", "a blue square"]
     codes = again.generate_codes(prompts, 2, seed=4)
-    assert torch.equal(codes, plain.generate_codes(prompts, 2, seed=4, sampling=SAVED))
+    assert torch.equal(codes, plain.generate_codes(prompts, 2, seed=4, sampler=SAVED))
     assert not torch.equal(codes, plain.generate_codes(prompts, 2, seed=4))
     out = again(prompts, num_images=2, seed=4)
     explicit = plain(prompts, num_images=2, seed=4, temperature=0.5, top_k=5, cond_scale=2.0)
     assert [im.tobytes() for im in out.images] == [im.tobytes() for im in explicit.images]
-    assert out.sampling == explicit.sampling == SAVED
+    assert out.sampler == explicit.sampler == SAVED
     # A field given per call overrides the saved one; the others stay.
-    assert again("a red circle", temperature=0.7).sampling == SAVED.override(temperature=0.7)
-    assert again("a red circle", top_k=None).sampling.top_k is None
+    assert again("a red circle", temperature=0.7).sampler == SAVED.override(temperature=0.7)
+    assert again("a red circle", top_k=None).sampler.top_k is None
     with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['temprature'\]"):
         again("a red circle", temprature=0.7)
-    plain.sampling = SamplingConfig(rerank=2)  # no clip/ to rerank with
-    with pytest.raises(ValueError, match="no CLIP model to rerank with"):
+    plain.sampler = Sampler(rerank=2)  # no clip/ to rerank with
+    with pytest.raises(ValueError, match="rerank needs a CLIP model"):
         plain.save_pretrained(tmp_path / "n")
     assert not (tmp_path / "n").exists()
 
@@ -135,7 +141,7 @@ def test_sampling_defaults_ship_with_the_model(trained, tmp_path):
 def test_a_folder_without_generation_json_samples_plainly(trained, tmp_path):
     shutil.copytree(trained["model"], tmp_path / "old")
     (tmp_path / "old" / "generation.json").unlink()
-    assert DallePipeline.from_pretrained(tmp_path / "old").sampling == SamplingConfig()
+    assert DallePipeline.from_pretrained(tmp_path / "old").sampler == Sampler()
 
 
 @pytest.mark.parametrize(
@@ -147,7 +153,7 @@ def test_a_folder_without_generation_json_samples_plainly(trained, tmp_path):
         (json.dumps({**SAVED_JSON, "seed": 1}), "unknown field(s) ['seed']"),
         (json.dumps({**SAVED_JSON, "top_k": "5"}), "field 'top_k' must be int | None, got '5'"),
         (json.dumps({**SAVED_JSON, "temperature": -1}), "temperature must be a finite number > 0"),
-        (json.dumps({**SAVED_JSON, "rerank": 4}), "rerank=4 needs a CLIP model"),
+        (json.dumps({**SAVED_JSON, "rerank": 4}), "rerank needs a CLIP model"),
     ],
 )
 def test_a_bad_generation_json_is_a_one_line_error_naming_it(trained, tmp_path, text, message):
@@ -162,7 +168,7 @@ def test_a_bad_generation_json_is_a_one_line_error_naming_it(trained, tmp_path, 
 
 def test_generate_uses_the_model_defaults_unless_a_flag_overrides_one(trained, tmp_path, capsys):
     pipe = DallePipeline.from_pretrained(trained["model"])
-    pipe.sampling = SAVED
+    pipe.sampler = SAVED
     pipe.save_pretrained(tmp_path / "m")
     runs = iter(range(100))
 
@@ -181,7 +187,7 @@ def test_generate_uses_the_model_defaults_unless_a_flag_overrides_one(trained, t
         return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
     assert same(drawn(), expected())
-    assert "sampling: temperature 0.5, guidance 2, top-k 5, top-p off" in capsys.readouterr().out
+    assert "sampling: temperature 0.5, top-k 5, top-p off, min-p off, guidance 2, rerank off" in capsys.readouterr().out
     assert same(drawn("--temperature", "0.9"), expected(temperature=0.9))
     assert not same(drawn("--temperature", "0.9"), expected())
     assert same(drawn("--top-k", "off", "--cond-scale", "1"), expected(top_k=None, cond_scale=1.0))
@@ -244,21 +250,27 @@ def test_generate_compile_without_a_compiler_warns_and_draws_the_same(
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--num-images", "0"], "positive integer"),
-        (["--temperature", "-1"], "positive"),
-        (["--top-p", "1.5"], r"\(0, 1\]"),
-        (["--top-p", "0"], r"\(0, 1\]"),
-        (["--top-k", "0"], "positive integer"),
+        (["--num-images", "0"], "argument --num-images: expected a positive integer"),
+        (["--top-k", "two"], "argument --top-k: expected an integer or off, got 'two'"),
+        (["--temperature", "-1"], r"--temperature must be a finite number > 0, got -1\.0"),
+        (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]"),
+        (["--top-p", "0"], r"--top-p must be in \(0, 1\]"),
+        (["--min-p", "2"], r"--min-p must be in \(0, 1\]"),
+        (["--top-k", "0"], "--top-k must be an integer >= 1"),
     ],
 )
 def test_generate_rejects_bad_options(trained, tmp_path, capsys, extra, message):
-    argv = ["generate", "--model", str(trained["model"]), "a red circle", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as e:
-        main([*argv, *extra])
-    assert e.value.code == 2
+    """A value that is not a number is argparse's to refuse; its range is the Sampler's: both
+    one line, exit status 2, nothing written."""
+    argv = ["generate", "--model", str(trained["model"]), "a red circle", "--out", str(tmp_path / "o")]
+    try:
+        code = main([*argv, *extra])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2 and not (tmp_path / "o").exists()
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert pytest.importorskip("re").search(message, err)
+    assert pytest.importorskip("re").search(message, err), err
 
 
 def test_generate_errors_are_one_line(trained, tmp_path, capsys):
@@ -313,7 +325,7 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     assert all(row["metric"] == "judge" and 0 <= row["score"] <= 1 for row in table)
     saved = json.loads((out / "model" / "generation.json").read_text())
     assert saved == report["sampling"]["defaults"]
-    assert SamplingConfig(**saved) in demo.SAMPLING_CANDIDATES
+    assert Sampler(**saved) in demo.SAMPLING_CANDIDATES
     assert max(row["score"] for row in table) == next(
         row["score"] for row in table if saved.items() <= row.items()
     )

@@ -1,6 +1,6 @@
-"""Sampling: filters never let an excluded token through, draws follow the softmax, seeds
+"""The Sampler: filters never let an excluded token through, draws follow the softmax, seeds
 reproduce codes, the cache changes nothing, guidance and priming behave, inputs stay intact,
-and SamplingConfig validates and overrides its fields."""
+a guidance rule is a subclass, and the settings validate (once) and override field by field."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ import torch.nn.functional as F
 
 from dalle.config import TransformerConfig
 from dalle.models.dalle_transformer import DALLE
-from dalle.sampling import (
-    SamplingConfig,
-    guide,
-    sample_codes,
-    sample_next,
-    top_k_filter,
-    top_p_filter,
-)
-from model_fixtures import sharp_dalle
+from dalle.sampler import Sampler, SettingError, guide, top_k_filter, top_p_filter
+from model_fixtures import sample_codes, sharp_dalle
 
 CFG = TransformerConfig(
     text_vocab=20, text_len=4, image_vocab=12, image_grid=3, dim=32, depth=2, heads=4,
@@ -49,7 +42,7 @@ def test_top_k_keeps_exactly_the_k_largest():
     assert torch.equal(logits, before)
     assert (torch.isfinite(filtered).sum(-1) == 3).all()
     top3 = logits.topk(3, dim=-1).indices
-    draws = sample_next(logits, generator=gen(), top_k=3)
+    draws = Sampler(top_k=3).draw(logits, gen())
     assert (draws[:, None] == top3).any(-1).all()
     assert torch.equal(top_k_filter(logits, 50), logits)
 
@@ -59,12 +52,12 @@ def test_top_p_keeps_the_nucleus():
     logits = probs.log().expand(4000, 4)
     kept = torch.isfinite(top_p_filter(logits[:1], 0.7))[0]
     assert kept.tolist() == [False, True, False, True]  # 0.5 < 0.7, then 0.8 >= 0.7
-    draws = sample_next(logits, generator=gen(), top_p=0.7)
+    draws = Sampler(top_p=0.7).draw(logits, gen())
     assert set(draws.tolist()) == {1, 3}
-    only_top = sample_next(logits, generator=gen(), top_p=1e-6)
+    only_top = Sampler(top_p=1e-6).draw(logits, gen())
     assert (only_top == 1).all()  # the top token is always kept
     assert torch.equal(top_p_filter(logits, 1.0), logits)
-    both = sample_next(logits, generator=gen(), top_k=3, top_p=0.9)
+    both = Sampler(top_k=3, top_p=0.9).draw(logits, gen())
     assert set(both.tolist()) == {1, 2, 3}
 
 
@@ -72,7 +65,7 @@ def test_top_p_keeps_the_nucleus():
 def test_draws_follow_softmax(temperature):
     logits = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
     n = 40000
-    draws = sample_next(logits.expand(n, 5), generator=gen(3), temperature=temperature)
+    draws = Sampler(temperature=temperature).draw(logits.expand(n, 5), gen(3))
     freq = torch.bincount(draws, minlength=5).float() / n
     expected = F.softmax(logits / temperature, dim=-1)
     assert (freq - expected).abs().max() < 0.01
@@ -145,11 +138,11 @@ def test_bad_inputs_raise(model, text):
     with pytest.raises(ValueError, match=r"text of shape \(B, 4\)"):
         sample_codes(model, text[:, :2])
     with pytest.raises(ValueError, match=r"logits of shape \(B, V\)"):
-        sample_next(torch.zeros(5))
+        Sampler().draw(torch.zeros(5))
 
 
 def test_sampling_config_validates_each_field_in_one_line():
-    assert dataclasses.astuple(SamplingConfig()) == (1.0, None, None, 1.0, None)  # plain sampling
+    assert dataclasses.astuple(Sampler()) == (1.0, None, None, None, 1.0, None)  # plain sampling
     cases = [
         (dict(temperature=0), "temperature must be a finite number > 0, got 0"),
         (dict(temperature=float("inf")), "temperature must be"),
@@ -161,21 +154,22 @@ def test_sampling_config_validates_each_field_in_one_line():
         (dict(top_p=1.5), "top_p must be"),
         (dict(cond_scale=float("nan")), "cond_scale must be finite, got nan"),
         (dict(cond_scale=None), "cond_scale must be finite"),
-        (dict(rerank=0), "rerank must be >= 1 candidates per image or None, got 0"),
+        (dict(min_p=0.0), r"min_p must be in \(0, 1\], got 0.0"),
+        (dict(rerank=0), "rerank must be an integer >= 1, got 0"),
         (dict(rerank=2.0), "rerank must be"),
     ]
     for kwargs, match in cases:
-        with pytest.raises(ValueError, match=match) as e:
-            SamplingConfig(**kwargs)
-        assert "\n" not in str(e.value)
-    ok = SamplingConfig(temperature=1e-6, top_k=1, top_p=1.0, cond_scale=-2, rerank=1)
+        with pytest.raises(SettingError, match=match) as e:
+            Sampler(**kwargs)
+        assert "\n" not in str(e.value) and e.value.name == next(iter(kwargs))
+    ok = Sampler(temperature=1e-6, top_k=1, top_p=1.0, cond_scale=-2, rerank=1)
     assert ok.cond_scale == -2  # guidance away from the caption is allowed, if odd
 
 
 def test_sampling_config_overrides_single_fields():
-    base = SamplingConfig(temperature=0.5, top_k=8, cond_scale=2.0)
-    assert base.override(temperature=0.7) == SamplingConfig(0.7, 8, None, 2.0, None)
-    assert base.override(top_k=None) == SamplingConfig(0.5, None, None, 2.0, None)  # off
+    base = Sampler(temperature=0.5, top_k=8, cond_scale=2.0)
+    assert base.override(temperature=0.7) == Sampler(0.7, 8, None, None, 2.0, None)
+    assert base.override(top_k=None) == Sampler(0.5, None, None, None, 2.0, None)  # off
     assert base.override() == base
     with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['temprature'\]"):
         base.override(temprature=0.7)
@@ -183,3 +177,48 @@ def test_sampling_config_overrides_single_fields():
         base.override(temperature=-1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.temperature = 2.0  # type: ignore[misc]
+
+
+def test_min_p_keeps_the_codes_at_least_that_fraction_of_the_best():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])  # 0.15 / 0.5 = 0.3, 0.05 / 0.5 = 0.1
+    logits = probs.log().expand(4000, 4)
+    kept = torch.isfinite(Sampler(min_p=0.3).filter(logits[:1]))[0]
+    assert kept.tolist() == [False, True, True, True]  # 0.3 of the best is kept (>=)
+    assert torch.isfinite(Sampler(min_p=0.31).filter(logits[:1]))[0].tolist() == [
+        False, True, False, True
+    ]  # fmt: skip
+    assert set(Sampler(min_p=0.5).draw(logits, gen()).tolist()) == {1, 3}
+    assert set(Sampler(min_p=1.0).draw(logits, gen()).tolist()) == {1}  # the best is always kept
+    # after the temperature, as the other filters: at T = 0.5 the ratios are squared
+    hot = Sampler(min_p=0.3, temperature=0.5).filter(logits[:1])
+    assert torch.isfinite(hot)[0].tolist() == [False, True, False, True]  # 0.09 < 0.3 <= 0.36
+
+
+class AgainstShuffled(Sampler):
+    """A guidance rule as a subclass: also away from the caption with its tokens reversed."""
+
+    def conditions(self, text):
+        return torch.cat([text, torch.zeros_like(text), text.flip(1)])
+
+    def combine(self, logits, batch):
+        c, u, n = logits.float().split(batch)
+        return u + self.cond_scale * (c - u) + 2.0 * (c - n)
+
+
+def test_a_guidance_rule_is_a_subclass(model, text):
+    rule = AgainstShuffled(cond_scale=2.0)
+    cached = rule.sample(model, text, generator=gen(4))
+    assert torch.equal(cached, rule.sample(model, text, generator=gen(4), use_cache=False))
+    assert not torch.equal(cached, Sampler(cond_scale=2.0).sample(model, text, generator=gen(4)))
+    # by hand: the first code drawn from the mix of three full passes
+    o, empty = CFG.text_vocab_total, torch.zeros(3, 0, dtype=torch.long)
+    c, u, n = (model(t, empty)[:, -1, o:] for t in (text, torch.zeros_like(text), text.flip(1)))
+    mixed = u + 2.0 * (c - u) + 2.0 * (c - n)
+    torch.testing.assert_close(rule.combine(torch.cat([c, u, n]), 3), mixed)
+    first = Sampler().draw(mixed, gen(4))
+    assert torch.equal(cached[:, 0], first)
+
+
+def test_describe_names_every_setting():
+    line = Sampler(temperature=0.5, top_k=8, cond_scale=2.0).describe()
+    assert line == "temperature 0.5, top-k 8, top-p off, min-p off, guidance 2, rerank off"

@@ -12,8 +12,8 @@ from dalle.data.shapes import make_sample
 from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
-from dalle.sampling import sample_codes
 from dalle.tokenizer import Tokenizer
+from model_fixtures import sample_codes
 
 CFG = TransformerConfig(text_vocab=20, text_len=4, image_vocab=12, image_grid=3, dim=16, depth=1,
                         heads=2, attention=("full",))  # fmt: skip

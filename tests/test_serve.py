@@ -6,6 +6,7 @@ pictures to complete: the same images as the pipeline's, bad uploads as a 422 na
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -27,7 +28,7 @@ from dalle.cli.serve import is_loopback  # noqa: E402
 from dalle.data.shapes import make_sample  # noqa: E402
 from dalle.images import png_bytes  # noqa: E402
 from dalle.pipeline import DallePipeline  # noqa: E402
-from dalle.sampling import SamplingConfig  # noqa: E402
+from dalle.sampler import Sampler  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
 from dalle.serve.uploads import MAX_IMAGE_CHARS  # noqa: E402
 from dalle.serve.worker import GenerationQueue, JobCancelled  # noqa: E402
@@ -76,7 +77,8 @@ def test_health_model_and_examples(client):
     assert model["has_clip"] is False and model["clip"] is None
     assert model["limits"]["max_images"] == 16
     assert model["sampling"] == {  # a model without generation.json samples plainly
-        "temperature": 1.0, "top_k": None, "top_p": None, "cond_scale": 1.0, "rerank": None,
+        "temperature": 1.0, "top_k": None, "top_p": None, "min_p": None, "cond_scale": 1.0,
+        "rerank": None,
     }  # fmt: skip
     assert client.get("/v1/examples").json()["prompts"] == EXAMPLES  # the model's own
 
@@ -117,11 +119,11 @@ def test_sampling_options_are_accepted(client):
 
 
 def test_requests_use_the_model_defaults_unless_they_override_them():
-    tuned = SamplingConfig(temperature=0.5, top_k=4, cond_scale=2.0)
-    pipe = DallePipeline(*tiny_parts(GRID), examples=EXAMPLES, sampling=tuned)
+    tuned = Sampler(temperature=0.5, top_k=4, cond_scale=2.0)
+    pipe = DallePipeline(*tiny_parts(GRID), examples=EXAMPLES, sampler=tuned)
     body = {"prompt": "a red circle", "num_images": 2, "seed": 9}
 
-    def direct(sampling: SamplingConfig) -> list[str]:
+    def direct(sampling: Sampler) -> list[str]:
         images = pipe("a red circle", 2, 9, sampling).images
         return [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]
 
@@ -134,7 +136,8 @@ def test_requests_use_the_model_defaults_unless_they_override_them():
 
         model = c.get("/v1/model").json()
         assert model["sampling"] == {
-            "temperature": 0.5, "top_k": 4, "top_p": None, "cond_scale": 2.0, "rerank": None,
+            "temperature": 0.5, "top_k": 4, "top_p": None, "min_p": None, "cond_scale": 2.0,
+            "rerank": None,
         }  # fmt: skip
         assert served() == served(temperature=0.5, top_k=4, cond_scale=2.0) == direct(tuned)
         assert served(temperature=0.9) == direct(tuned.override(temperature=0.9))
@@ -263,7 +266,7 @@ GIANT = "A" * (MAX_IMAGE_CHARS + 4)  # under the body limit, over the picture's
         ({"image": b64(png_header(5000, 5000))}, "image", "image: image of 5000x5000 pixels exceeds the 16777216-pixel limit"),
         ({"image": b64(image_bytes(RGB, "BMP"))}, "image", "image: not a readable image (expected one of PNG"),
         ({"image": 5}, "image", "image: Input should be a valid string"),
-        ({"image": b64(png_bytes(PICTURE)), "keep_rows": GRID + 1}, "keep_rows", "keep_rows: expected 0..4"),
+        ({"image": b64(png_bytes(PICTURE)), "keep_rows": GRID + 1}, "keep_rows", "keep_rows: must be 0..4 code rows"),
         ({"image": b64(png_bytes(PICTURE)), "keep_rows": -1}, "keep_rows", "keep_rows: Input should be greater"),
         ({"image": b64(png_bytes(PICTURE)), "keep_rows": 0.5}, "keep_rows", "keep_rows: Input should be a valid integer"),
         ({"keep_rows": 1}, "keep_rows", "keep_rows: needs an image"),
@@ -370,10 +373,10 @@ def test_openapi_documents_the_api(client):
     post = paths["/v1/generate"]["post"]
     assert {"200", "422", "429", "504"} <= set(post["responses"])
     request = schema["components"]["schemas"]["GenerateRequest"]
-    assert set(request["properties"]) == {
-        "prompt", "num_images", "seed", "temperature", "top_k", "top_p", "cond_scale", "rerank",
-        "image", "keep_rows",
-    }  # fmt: skip
+    sampler = [f.name for f in dataclasses.fields(Sampler)]  # one field per setting, in order
+    assert list(request["properties"]) == [
+        "prompt", "num_images", "seed", *sampler, "image", "keep_rows"
+    ]  # fmt: skip
     assert request["properties"]["num_images"]["maximum"] == 16
     stream = paths["/v1/generate/stream"]["post"]["responses"]["200"]
     assert "text/event-stream" in stream["content"]
@@ -448,7 +451,7 @@ def test_serve_command_loads_once_and_warns_off_loopback(tmp_path, monkeypatch, 
 def test_serve_command_compiles_before_serving(tmp_path, monkeypatch, capsys):
     import uvicorn
 
-    from dalle.sampling import compiled_step
+    from dalle.sampler import compiled_step
 
     DallePipeline(*tiny_parts(GRID)).save_pretrained(tmp_path / "model")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)

@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("fastapi", reason="dalle serve needs the [serve] extra (fastapi, uvicorn)")
 
 from dalle.data.shapes import make_sample  # noqa: E402
-from dalle.sampling import SamplingConfig  # noqa: E402
+from dalle.sampler import Sampler  # noqa: E402
 from dalle.serve.app import create_app  # noqa: E402
 from serve_fixtures import running_server, scripted  # noqa: E402
 
@@ -38,7 +38,7 @@ LAUNCH_ARGS = [
 ]  # fmt: skip
 GRID = 8  # 64 codes per image
 NUM_IMAGES = 4
-SAMPLING = SamplingConfig(temperature=0.8, top_k=6)  # the model's defaults, shown by the page
+SAMPLING = Sampler(temperature=0.8, top_k=6)  # the model's defaults, shown by the page
 
 
 def skip_loudly(reason: str) -> None:
@@ -51,7 +51,7 @@ def skip_loudly(reason: str) -> None:
 def server_url() -> Iterator[str]:
     """The app under uvicorn on loopback; sampling is slowed to 10 ms per position so the bar
     has time to be seen moving."""
-    pipe = scripted(GRID, delay=0.01, sampling=SAMPLING)
+    pipe = scripted(GRID, delay=0.01, sampler=SAMPLING)
     with running_server(create_app(pipe, name="tiny-random")) as url:
         yield url
 

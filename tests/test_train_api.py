@@ -18,7 +18,7 @@ from dalle.config import CLIPConfig, TransformerConfig, VAEConfig
 from dalle.data import FolderData, open_data
 from dalle.data.shapes import write_folder
 from dalle.pipeline import DallePipeline
-from dalle.sampling import SamplingConfig
+from dalle.sampler import Sampler
 from dalle.train import (
     CheckpointConfig,
     CLIPTrainConfig,
@@ -62,13 +62,13 @@ def test_notebook_trains_all_four_stages_on_a_folder_and_generates(tmp_path):
 
     pipe = dalle.model
     pipe.clip = clip.model
-    candidates = [SamplingConfig(), SamplingConfig(temperature=0.5, cond_scale=2.0)]
-    pipe.sampling, table = choose_sampling(pipe, data.examples(4, seed=1), candidates)
-    assert pipe.sampling in candidates  # no judge for a folder: scored by CLIP
+    candidates = [Sampler(), Sampler(temperature=0.5, cond_scale=2.0)]
+    pipe.sampler, table = choose_sampling(pipe, data.examples(4, seed=1), candidates)
+    assert pipe.sampler in candidates  # no judge for a folder: scored by CLIP
     assert all(row["metric"] == "clip" and -1 <= row["score"] <= 1 for row in table)
     pipe.save_pretrained(tmp_path / "model")
     again = DallePipeline.from_pretrained(tmp_path / "model")
-    assert again.sampling == pipe.sampling
+    assert again.sampler == pipe.sampler
     out = again(["a red circle"], num_images=2, seed=3, rerank=2)
     assert len(out.images) == 2 and out.images[0].size == (64, 64) and out.scores is not None
     assert set(again.examples) <= set(tokens.captions) and again.examples  # its own captions

@@ -10,16 +10,16 @@ import dataclasses
 import pytest
 
 from dalle.pipeline import DallePipeline
-from dalle.sampling import SamplingConfig
+from dalle.sampler import Sampler
 from dalle.train import choose_sampling
 from serve_fixtures import tiny_parts
 
 CAPTIONS = ["a red circle", "a small blue square", "a green triangle at the top"]
 CANDIDATES = [
-    SamplingConfig(),
-    SamplingConfig(temperature=0.5, cond_scale=2.0),
-    SamplingConfig(temperature=0.7),
-    SamplingConfig(top_k=3),
+    Sampler(),
+    Sampler(temperature=0.5, cond_scale=2.0),
+    Sampler(temperature=0.7),
+    Sampler(top_k=3),
 ]
 
 
@@ -28,8 +28,8 @@ def pipe() -> DallePipeline:
     return DallePipeline(*tiny_parts(4))
 
 
-def fields(row: dict) -> SamplingConfig:
-    return SamplingConfig(**{f.name: row[f.name] for f in dataclasses.fields(SamplingConfig)})
+def fields(row: dict) -> Sampler:
+    return Sampler(**{f.name: row[f.name] for f in dataclasses.fields(Sampler)})
 
 
 def test_the_candidate_the_judge_scores_best_wins(pipe):
@@ -44,7 +44,7 @@ def test_the_candidate_the_judge_scores_best_wins(pipe):
     assert [row["score"] for row in table] == [0.25, 0.75, 0.5, 0.75]
     assert [fields(row) for row in table] == CANDIDATES
     assert all(row["metric"] == "judge" and row["seconds"] >= 0 for row in table)
-    assert pipe.sampling == SamplingConfig()  # the caller decides what to keep
+    assert pipe.sampler == Sampler()  # the caller decides what to keep
     for pairs, candidate in zip(judged, CANDIDATES, strict=True):
         assert [caption for caption, _ in pairs] == [c for c in CAPTIONS for _ in range(2)]
         drawn = pipe(CAPTIONS, 2, 3, candidate).images  # same seed for every candidate
@@ -53,7 +53,7 @@ def test_the_candidate_the_judge_scores_best_wins(pipe):
 
 def test_without_a_judge_or_clip_the_defaults_stay(pipe):
     best, table = choose_sampling(pipe, CAPTIONS, CANDIDATES)
-    assert best == pipe.sampling
+    assert best == pipe.sampler
     assert [fields(row) for row in table] == CANDIDATES
     assert all(row["metric"] is None and row["score"] is None for row in table)
 
@@ -62,9 +62,9 @@ def test_bad_arguments_are_one_line_errors(pipe):
     for args, message in [
         (([], CANDIDATES), "expected at least one caption"),
         ((CAPTIONS, []), "expected at least one candidate"),
-        ((CAPTIONS, [{"temperature": 0.5}]), "expected SamplingConfig candidates, got dict"),
+        ((CAPTIONS, [{"temperature": 0.5}]), "expected Sampler candidates, got dict"),
     ]:
         with pytest.raises(ValueError, match=message):
             choose_sampling(pipe, *args)
-    with pytest.raises(ValueError, match="reranking needs a CLIP model"):
-        choose_sampling(pipe, CAPTIONS, [SamplingConfig(rerank=2)], lambda p: {"overall": 1.0})
+    with pytest.raises(ValueError, match="rerank needs a CLIP model"):
+        choose_sampling(pipe, CAPTIONS, [Sampler(rerank=2)], lambda p: {"overall": 1.0})

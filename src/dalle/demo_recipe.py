@@ -25,7 +25,7 @@ from dalle.io import prepare_output_dir, write_bytes_atomic, write_json_atomic
 from dalle.models.vae import DiscreteVAE
 from dalle.outputs import write_generation
 from dalle.pipeline import DallePipeline
-from dalle.sampling import SamplingConfig
+from dalle.sampler import Sampler
 from dalle.train import (
     CLIPTrainConfig,
     RunConfig,
@@ -61,10 +61,10 @@ TOKENIZER_CAPTIONS = 4000
 # captions drawn with TUNING_SEED (no training run, evaluation set or benchmark draws it).
 # Ties go to the earlier candidate.
 SAMPLING_CANDIDATES = (
-    SamplingConfig(temperature=0.5, cond_scale=2.0),
-    SamplingConfig(),  # plain sampling: what a folder without generation.json does
-    SamplingConfig(temperature=0.5, cond_scale=3.0),
-    SamplingConfig(temperature=0.7, cond_scale=2.0),
+    Sampler(temperature=0.5, cond_scale=2.0),
+    Sampler(),  # plain sampling: what a folder without generation.json does
+    Sampler(temperature=0.5, cond_scale=3.0),
+    Sampler(temperature=0.7, cond_scale=2.0),
 )
 TUNING_SEED = 2_718_281
 TUNING_CAPTIONS = 16
@@ -186,7 +186,7 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
             "config": dataclasses.asdict(pipe.transformer.cfg),
         },
         "clip": {"steps": clip_train.steps, "retrieval": retrieval},
-        "sampling": {"defaults": to_dict(pipe.sampling), "rerank": RERANK, "choice": choice},
+        "sampling": {"defaults": to_dict(pipe.sampler), "rerank": RERANK, "choice": choice},
         "fidelity": fid,
         "fidelity_without_rerank": fid_plain,
         "prompts": list(PROMPTS),
@@ -196,7 +196,7 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
         f"done in {clock.timings['total_s']:.0f} s: dVAE {vae_report['psnr']:.1f} dB; prompt "
         f"fidelity with reranking {_pct(fid)}, without {_pct(fid_plain)}. Images: "
         f"{out}/samples.png; model: {out}/model, sampling by default with "
-        f"{pipe.sampling.describe()} (try: dalle generate --model {out}/model 'a red circle' "
+        f"{pipe.sampler.describe()} (try: dalle generate --model {out}/model 'a red circle' "
         "--out gen)"
     )
     return report
@@ -222,7 +222,7 @@ def _train_vae(
 
 
 def _choose_sampling(pipe: DallePipeline, seed: int) -> dict:
-    """Set ``pipe.sampling`` to the best of :data:`SAMPLING_CANDIDATES` on captions of the
+    """Set ``pipe.sampler`` to the best of :data:`SAMPLING_CANDIDATES` on captions of the
     model's own data; returns what was tried, with the table."""
     data = ShapesData(TUNING_CAPTIONS, TUNING_SEED)
     print(
@@ -230,7 +230,7 @@ def _choose_sampling(pipe: DallePipeline, seed: int) -> dict:
         f"{TUNING_CAPTIONS} captions of its own data x {TUNING_IMAGES}",
         flush=True,
     )
-    pipe.sampling, table = choose_sampling(
+    pipe.sampler, table = choose_sampling(
         pipe,
         data.captions(),
         SAMPLING_CANDIDATES,
@@ -239,7 +239,7 @@ def _choose_sampling(pipe: DallePipeline, seed: int) -> dict:
         seed=seed,
     )
     for candidate, row in zip(SAMPLING_CANDIDATES, table, strict=True):
-        mark = "  <- generation.json" if candidate == pipe.sampling else ""
+        mark = "  <- generation.json" if candidate == pipe.sampler else ""
         print(f"      {candidate.describe()}: {100 * row['score']:.0f} %{mark}", flush=True)
     return {
         "captions": TUNING_CAPTIONS,

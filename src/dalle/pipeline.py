@@ -8,10 +8,10 @@ A saved pipeline is a folder::
       transformer/  config.json + model.safetensors  (dalle.models.dalle_transformer.DALLE)
       clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
       examples.json captions of the training data, to suggest as prompts (optional)
-      generation.json  the default SamplingConfig (optional: without it, plain sampling)
+      generation.json  the default Sampler (optional: without it, plain sampling)
 
 Each part loads with strict checks; a missing or mismatched part is a one-line ``ValueError``.
-A call samples with the folder's defaults (``pipe.sampling``), any field overridden per call.
+A call samples with the folder's defaults (``pipe.sampler``), any field overridden per call.
 With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
 per requested image and keep those CLIP finds closest to the prompt.
 
@@ -46,7 +46,8 @@ from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
-from dalle.sampling import SamplingConfig, compiled_step, sample_codes
+from dalle.sampler import Sampler, compiled_step
+from dalle.sampler_settings import SettingError
 from dalle.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -64,14 +65,14 @@ class Generation:
     """What a pipeline call returns: ``images`` prompt-major (all of prompt 0, then prompt 1,
     ...), each image's ``prompts`` entry, with reranking each image's CLIP ``scores``
     (cosine similarity to its prompt, or for an empty prompt to the source picture; best
-    first within a prompt), and the ``sampling`` settings the call used. A call with an image
+    first within a prompt), and the ``sampler`` the call used. A call with an image
     also returns the code rows it kept (``keep_rows``), the ``source`` as the model saw it
     (converted and resized) and its dVAE ``reconstruction`` (what keeping every row gives)."""
 
     images: list[Image.Image]
     prompts: list[str]
     scores: list[float] | None = None
-    sampling: SamplingConfig | None = None
+    sampler: Sampler | None = None
     keep_rows: int | None = None
     source: Image.Image | None = None
     reconstruction: Image.Image | None = None
@@ -84,8 +85,8 @@ class DallePipeline:
     transformer: DALLE
     clip: CLIP | None = None
     examples: list[str] = field(default_factory=list)  # prompts to suggest (``dalle serve``)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # a call's defaults
-    compile: bool = False  # sample through torch.compile (dalle.sampling.compiled_step)
+    sampler: Sampler = field(default_factory=Sampler)  # a call's defaults
+    compile: bool = False  # sample through torch.compile (dalle.sampler.compiled_step)
 
     def __post_init__(self) -> None:
         check_compatible(self.tokenizer, self.vae, self.transformer, self.clip)
@@ -114,18 +115,15 @@ class DallePipeline:
         transformer = DALLE.load(directory / TRANSFORMER_DIR).to(device)
         has_clip = (directory / CLIP_DIR).exists()
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
-        sampling = _read_sampling(directory / GENERATION_FILE, has_clip)
-        examples = _read_examples(directory / EXAMPLES_FILE)
-        return cls(tokenizer, vae, transformer, clip, examples, sampling, compile)
+        pipe = cls(tokenizer, vae, transformer, clip, _read_examples(directory / EXAMPLES_FILE))
+        pipe.compile = compile
+        pipe.sampler = _read_sampler(directory / GENERATION_FILE, pipe)
+        return pipe
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the parts into ``directory`` (each file atomically), the sampling defaults
+        """Write the parts into ``directory`` (each file atomically), the sampler's settings
         as ``generation.json``."""
-        if self.sampling.rerank is not None and self.clip is None:
-            raise ValueError(
-                f"the sampling defaults rerank {self.sampling.rerank} candidates, but this "
-                "pipeline has no CLIP model to rerank with"
-            )
+        self.sampler_for(self.sampler)  # the defaults must suit this pipeline
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(directory / TOKENIZER_FILE)
@@ -135,7 +133,7 @@ class DallePipeline:
             self.clip.save(directory / CLIP_DIR)
         if self.examples:
             write_json_atomic(directory / EXAMPLES_FILE, {"prompts": list(self.examples)})
-        write_json_atomic(directory / GENERATION_FILE, to_dict(self.sampling))
+        write_json_atomic(directory / GENERATION_FILE, to_dict(self.sampler))
 
     @property
     def device(self) -> torch.device:
@@ -163,10 +161,18 @@ class DallePipeline:
             text[given] = self.tokenizer.encode_batch([prompts[i] for i in given], n)[0]
         return text
 
-    def rows_kept(self, keep_rows: int | float | None = None) -> int:
+    def rows_kept(self, keep_rows: int | float | None = None, image: bool = True) -> int | None:
         """The code rows to keep of an image: ``keep_rows`` rows (an int, 0 to the grid side),
         or a fraction of the image height (a float in [0, 1], rounded to the nearest row, halves
-        up: 0.5 of 5 rows keeps 3); ``None`` keeps :data:`DEFAULT_KEEP` of it."""
+        up: 0.5 of 5 rows keeps 3); ``None`` keeps :data:`DEFAULT_KEEP` of it. Without an
+        ``image`` nothing is kept (``None``). A bad value is a :class:`SettingError` naming
+        ``keep_rows``: the one check of this rule, for the call, the CLI and the server."""
+        if not image:
+            if keep_rows is not None:
+                raise SettingError(
+                    "keep_rows", f"needs an image to keep the rows of, got {keep_rows!r}"
+                )
+            return None
         g = self.vae.cfg.grid_size
         k = DEFAULT_KEEP if keep_rows is None else keep_rows
         if isinstance(k, bool) or not isinstance(k, numbers.Real):
@@ -175,10 +181,14 @@ class DallePipeline:
             return int(k)
         elif not isinstance(k, numbers.Integral) and math.isfinite(k) and 0 <= k <= 1:
             return math.floor(k * g + 0.5)
-        raise ValueError(
-            f"keep_rows must be 0..{g} code rows (an int) or a fraction of the image height in "
-            f"[0, 1] (a float), got {keep_rows!r}"
-        )
+        raise SettingError(
+            "keep_rows", f"must be 0..{g} code rows (an int) or a fraction of the image height in "
+            f"[0, 1] (a float), got {keep_rows!r}",
+        )  # fmt: skip
+
+    def tokens_to_sample(self, keep_rows: int | None) -> int:
+        """Image tokens one image samples when ``keep_rows`` code rows are kept (``None``: none)."""
+        return self.transformer.cfg.image_len - (keep_rows or 0) * self.vae.cfg.grid_size
 
     @torch.no_grad()
     def encode_image(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,18 +207,18 @@ class DallePipeline:
         seed: int = 0,
         batch_size: int = 16,
         callback: Callable[[int, int], None] | None = None,
-        sampling: SamplingConfig | None = None,
+        sampler: Sampler | None = None,
         prime: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image codes ``(len(prompts) * num_images, h*w)``, prompt-major: all images of prompt
-        0, then prompt 1, ... drawn with ``sampling`` (default: :attr:`sampling`; its
-        ``rerank`` is the caller's business, see :meth:`__call__`).
+        0, then prompt 1, ... drawn by ``sampler`` (default: :attr:`sampler`; its ``rerank``
+        is the caller's business, see :meth:`__call__`).
         ``prime`` ``(1 or len(prompts), r * grid)`` holds the codes of the first r rows to keep,
         for every prompt or one row per prompt; each image of a prompt keeps them and only the
         rest is sampled (a prompt may then be empty: see :meth:`encode_prompts`). Zero rows
         draw exactly what no ``prime`` draws. ``callback(tokens_done, tokens_total)`` reports
         progress over all images (the sampled tokens only)."""
-        s = self.sampling if sampling is None else sampling
+        s = self.sampler if sampler is None else sampler
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if batch_size < 1:
@@ -230,14 +240,10 @@ class DallePipeline:
             step = None
             if callback is not None:
                 step = _chunk_progress(callback, done, len(t), len(text))
-            codes = sample_codes(
+            codes = s.sample(
                 self.transformer,
                 t.to(self.device),
                 generator=generator,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                cond_scale=s.cond_scale,
                 prime=None if kept is None else kept[done : done + len(t)],
                 callback=step,
                 compile=self.compile,
@@ -294,20 +300,27 @@ class DallePipeline:
         dev = self.clip.device
         return torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
 
-    def settings(self, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
-        """The settings a call uses: ``sampling`` (default: :attr:`sampling`, the model's) with
-        the ``overrides`` fields replaced (see :meth:`SamplingConfig.override`)."""
-        base = self.sampling if sampling is None else sampling
-        if not isinstance(base, SamplingConfig):
-            raise ValueError(f"sampling must be a SamplingConfig, got {type(base).__name__}")
-        return base.override(**overrides) if overrides else base
+    def sampler_for(self, sampler: Sampler | None = None, **overrides: Any) -> Sampler:
+        """The sampler a call uses: ``sampler`` (default: :attr:`sampler`, the model's) with the
+        ``overrides`` fields replaced (see :meth:`Sampler.override`), checked against this
+        pipeline: reranking needs its CLIP model (a :class:`SettingError` naming ``rerank``)."""
+        base = self.sampler if sampler is None else sampler
+        if not isinstance(base, Sampler):
+            raise ValueError(f"sampler must be a Sampler, got {type(base).__name__}")
+        s = base.override(**overrides) if overrides else base
+        if s.rerank is not None and self.clip is None:
+            raise SettingError(
+                "rerank", f"needs a CLIP model, but this pipeline has no {CLIP_DIR}/ "
+                "(add one with: dalle train-clip --model MODEL ...)",
+            )  # fmt: skip
+        return s
 
     def __call__(
         self,
         prompts: list[str] | str,
         num_images: int = 1,
         seed: int = 0,
-        sampling: SamplingConfig | None = None,
+        sampler: Sampler | None = None,
         *,
         image: ImageInput | None = None,
         keep_rows: int | float | None = None,
@@ -315,8 +328,8 @@ class DallePipeline:
         callback: Callable[[int, int], None] | None = None,
         **overrides: Any,
     ) -> Generation:
-        """Generate ``num_images`` images per prompt, sampled with ``sampling`` (default: the
-        model's :attr:`sampling`, saved in its folder) and any of its fields given as keywords
+        """Generate ``num_images`` images per prompt, drawn by ``sampler`` (default: the
+        model's :attr:`sampler`, saved in its folder) with any of its fields given as keywords
         (``temperature=0.7``, ``top_k=None``) replaced. With ``rerank=N`` draw
         ``N * num_images`` candidates per prompt and keep the ``num_images`` distinct ones that
         CLIP scores highest, best first (see :func:`best_distinct`).
@@ -332,20 +345,16 @@ class DallePipeline:
         candidates; an exception it raises stops the call."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        s = self.settings(sampling, **overrides)
-        if s.rerank is not None and self.clip is None:
-            raise ValueError(f"reranking needs a CLIP model: this pipeline has no {CLIP_DIR}/")
-        if image is None and keep_rows is not None:
-            raise ValueError(f"keep_rows={keep_rows!r} needs an image to keep the rows of")
+        s = self.sampler_for(sampler, **overrides)
+        rows = self.rows_kept(keep_rows, image is not None)
         pixels = source = prime = None
         if image is not None:
-            rows = self.rows_kept(keep_rows)
             pixels, source = self.encode_image(image)  # (1, 3, S, S), (1, h*w)
             prime = source[:, : rows * self.vae.cfg.grid_size]
         draws = num_images * (s.rerank or 1)
         codes = self.generate_codes(prompts, draws, seed, batch_size, callback, s, prime)
         images = self.decode(codes)  # (P * draws, C, H, W)
-        out = Generation([], [p for p in prompts for _ in range(num_images)], sampling=s)
+        out = Generation([], [p for p in prompts for _ in range(num_images)], sampler=s)
         if pixels is not None:
             out.keep_rows = rows
             out.source = tensor_to_image(pixels[0])
@@ -444,17 +453,15 @@ def check_compatible(
             )
 
 
-def _read_sampling(path: Path, has_clip: bool) -> SamplingConfig:
-    """The sampling defaults of a ``generation.json`` (plain sampling without one)."""
+def _read_sampler(path: Path, pipe: DallePipeline) -> Sampler:
+    """The sampling defaults of a ``generation.json`` (plain sampling without one), checked
+    against the pipeline they will drive."""
     if not path.exists():
-        return SamplingConfig()
-    sampling = load_config(SamplingConfig, path)
-    if sampling.rerank is not None and not has_clip:
-        raise ValueError(
-            f"{path}: rerank={sampling.rerank} needs a CLIP model, but {path.parent} has no "
-            f"{CLIP_DIR}/ (remove rerank from the file, or add one with dalle train-clip --model)"
-        )
-    return sampling
+        return Sampler()
+    try:
+        return pipe.sampler_for(load_config(Sampler, path))
+    except SettingError as e:
+        raise ValueError(f"{path}: {e} (remove {e.name} from the file)") from None
 
 
 def _read_examples(path: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """Choosing the sampling settings a model ships with (its ``generation.json``).
 
 Generate for a few captions of the model's own training data under each candidate
-:class:`~dalle.sampling.SamplingConfig`, all with one seed, and keep the best: scored by the
+:class:`~dalle.sampler.Sampler`, all with one seed, and keep the best: scored by the
 dataset's prompt-fidelity judge where it has one (:func:`dalle.eval.fidelity_judge`), else by
 CLIP's mean similarity of each image to its caption. With neither, nothing can tell the
 candidates apart and the model's defaults stay. Draw the captions apart from every benchmark's
@@ -19,7 +19,7 @@ from PIL import Image
 from dalle.config import to_dict
 from dalle.images import image_to_tensor
 from dalle.pipeline import DallePipeline, Generation
-from dalle.sampling import SamplingConfig
+from dalle.sampler import Sampler
 
 # (caption, image) pairs -> a report whose "overall" is the fraction of images that show their
 # caption: dalle.eval.fidelity_judge's kind (train/ and eval/ never import each other)
@@ -29,30 +29,30 @@ Judge = Callable[[Iterable[tuple[str, Image.Image]]], dict]
 def choose_sampling(
     pipe: DallePipeline,
     captions: Sequence[str],
-    candidates: Sequence[SamplingConfig],
+    candidates: Sequence[Sampler],
     judge: Judge | None = None,
     num_images: int = 1,
     seed: int = 0,
     batch_size: int = 16,
-) -> tuple[SamplingConfig, list[dict]]:
+) -> tuple[Sampler, list[dict]]:
     """The best of ``candidates`` for ``pipe`` on ``captions``, and the table: one row per
     candidate with its fields, ``metric`` (``"judge"``: the fraction of images the judge
     passes; ``"clip"``: the mean CLIP cosine similarity; ``None``: not scored), ``score`` and
     ``seconds``. Each candidate draws ``num_images`` images per caption with ``seed``; ties go
-    to the earlier candidate. Without a judge and without CLIP, returns ``pipe.sampling``
-    unscored (nothing is generated). Leaves ``pipe.sampling`` unchanged."""
+    to the earlier candidate. Without a judge and without CLIP, returns ``pipe.sampler``
+    unscored (nothing is generated). Leaves ``pipe.sampler`` unchanged."""
     captions, candidates = list(captions), list(candidates)
     if not captions:
         raise ValueError("expected at least one caption to choose sampling settings on")
     if not candidates:
-        raise ValueError("expected at least one candidate SamplingConfig")
+        raise ValueError("expected at least one candidate Sampler")
     for c in candidates:
-        if not isinstance(c, SamplingConfig):
-            raise ValueError(f"expected SamplingConfig candidates, got {type(c).__name__}")
+        if not isinstance(c, Sampler):
+            raise ValueError(f"expected Sampler candidates, got {type(c).__name__}")
     metric = "judge" if judge is not None else "clip" if pipe.clip is not None else None
     if metric is None:
         rows = [{**to_dict(c), "metric": None, "score": None, "seconds": 0.0} for c in candidates]
-        return pipe.sampling, rows
+        return pipe.sampler, rows
     rows = []
     for c in candidates:
         start = time.perf_counter()

@@ -18,51 +18,63 @@ each flag given overrides one field, and ``off`` turns top-k, top-p or reranking
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from dalle.cli.common import positive_float, positive_int, seed_int
+from dalle.cli.common import positive_int, seed_int
 
-OFF = "off"  # a flag value that turns an optional setting off (None in SamplingConfig)
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "cond_scale", "rerank")
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
+OFF = "off"  # a flag value that turns an optional setting off (None in the Sampler)
 
 
 def rows_or_fraction(text: str) -> int | float:
-    """``--keep-rows``: code rows (an integer), or a fraction of the height (with a point)."""
-    expected = "an integer number of code rows >= 0 or a fraction in [0, 1] such as 0.5"
+    """``--keep-rows``: code rows (an integer), or a fraction of the height (with a point); the
+    pipeline checks the range."""
     try:
-        value: int | float = int(text)
+        return int(text)
     except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        expected = "an integer number of code rows or a fraction such as 0.5"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def setting_value(kind: str, optional: bool) -> Callable[[str], Any]:
+    """An argument type for a sampler setting of ``kind``: a number (an integer for counts), or
+    ``off`` for an optional one. Its range is the Sampler's to check (once, when built)."""
+    wanted = ("an integer" if kind == "count" else "a number") + (" or off" if optional else "")
+
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() == OFF:
+            return OFF
         try:
-            value = float(text)
+            return int(text) if kind == "count" else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not 0 <= value <= 1:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-    return value
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+
+    parse.__name__ = kind  # argparse names the type in its errors
+    return parse
 
 
-def or_off(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argument type: ``off``, or a value ``parse`` accepts."""
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~dalle.sampler_settings.SamplerSettings` field (``top_k`` -> ``--top-k``), each
+    overriding the model's default when given."""
+    from dalle.sampler_settings import SamplerSettings
 
-    def parse_or_off(text: str) -> Any:
-        return OFF if text.strip().lower() == OFF else parse(text)
-
-    return parse_or_off
+    for f in fields(SamplerSettings):
+        optional = f.default is None
+        metavar = ("N" if f.metadata["kind"] == "count" else "X") + ("|off" if optional else "")
+        off = "; off turns it off" if optional else ""
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=setting_value(f.metadata["kind"], optional),
+            metavar=metavar,
+            help=f"{f.metadata['help']}{off} (default: MODEL/generation.json)",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,20 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-images", type=positive_int, default=4, help="images per prompt")
     p.add_argument("--seed", type=seed_int, default=0)
-    default = " (default: MODEL/generation.json)"
-    p.add_argument("--temperature", type=positive_float, help="softmax temperature" + default)
-    p.add_argument("--top-k", type=or_off(positive_int), metavar="K|off",
-                   help="sample from the k likeliest codes" + default)  # fmt: skip
-    p.add_argument("--top-p", type=or_off(probability), metavar="P|off",
-                   help="nucleus sampling mass in (0, 1]" + default)  # fmt: skip
-    p.add_argument("--cond-scale", type=float,
-                   help="classifier-free guidance scale, 1 = off" + default)  # fmt: skip
-    p.add_argument(
-        "--rerank",
-        type=or_off(positive_int),
-        metavar="N|off",
-        help="draw N candidates per image and keep the best by CLIP (needs MODEL/clip/)" + default,
-    )
+    add_sampler_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument(
         "--compile",
@@ -124,6 +123,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (empty unless --force)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
+
+
+def flag_error(e: Any) -> ValueError:
+    """A :class:`~dalle.sampler_settings.SettingError` in the command line's words: the flag, not the
+    field (``--top-k must be an integer >= 1, got 0``)."""
+    return ValueError(f"--{e.name.replace('_', '-')} {e.reason}")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -155,50 +160,48 @@ def read_source(args: argparse.Namespace, pipe: Any) -> tuple[Any, int | None]:
     """The ``--image`` picture, read and checked, and the code rows it keeps (before anything
     is written)."""
     from dalle.images import load_image
+    from dalle.sampler_settings import SettingError
 
+    try:
+        keep = pipe.rows_kept(args.keep_rows, args.image is not None)
+    except SettingError as e:
+        raise flag_error(e) from None
     if args.image is None:
-        if args.keep_rows is not None:
-            raise ValueError("--keep-rows needs --image (a picture to keep the rows of)")
         return None, None
     if not args.image.is_file():
         what = "is a folder" if args.image.is_dir() else "does not exist"
         raise ValueError(f"--image {args.image} {what} (expected an image file)")
-    try:
-        keep = pipe.rows_kept(args.keep_rows)
-    except ValueError as e:
-        raise ValueError(f"--keep-rows: {e}") from None
     return load_image(args.image), keep
 
 
-def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling fields the command line gives (``off`` as ``None``); the rest stay the
+def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler settings the command line gives (``off`` as ``None``); the rest stay the
     model's."""
-    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
-    return {k: None if v == OFF else v for k, v in given.items()}
+    from dalle.sampler_settings import SamplerSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(SamplerSettings)}
+    return {k: None if v == OFF else v for k, v in given.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     from dalle.io import prepare_output_dir
     from dalle.outputs import Source, write_generation
     from dalle.pipeline import DallePipeline
+    from dalle.sampler_settings import SettingError
 
     prompts = read_prompts(args)
-    if args.cond_scale is not None and not math.isfinite(args.cond_scale):
-        raise ValueError(f"--cond-scale must be finite, got {args.cond_scale}")
     pipe = DallePipeline.from_pretrained(args.model, compile=args.compile)
-    sampling = pipe.settings(**sampling_overrides(args))
-    if sampling.rerank is not None and pipe.clip is None:
-        raise ValueError(
-            f"--rerank needs a CLIP model, but {args.model} has no clip/ "
-            f"(add one with: dalle train-clip --model {args.model} ...)"
-        )
+    try:
+        sampler = pipe.sampler_for(**sampler_overrides(args))
+    except SettingError as e:
+        raise flag_error(e) from None
     image, keep = read_source(args, pipe)
     out = prepare_output_dir(args.out, force=args.force)
     result = pipe(
         prompts,
         args.num_images,
         args.seed,
-        sampling,
+        sampler,
         image=image,
         keep_rows=keep,
         batch_size=args.batch_size,
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.images)} images, manifest.jsonl and grid.png to {out}")
     if source is not None:
         print(f"kept the top {keep} of {source.grid} code rows of {args.image}")
-    print(f"sampling: {sampling.describe()}")
+    print(f"sampling: {sampler.describe()}")
     if args.compile:
         print(f"compile: {pipe.compile_s:.1f} s compiling the decode step (once per process)")
     return 0

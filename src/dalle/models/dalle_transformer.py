@@ -28,7 +28,7 @@ from dalle.config import TransformerConfig
 from dalle.models.checks import check_ids
 from dalle.models.codebook import product_logits, split_codes
 from dalle.models.saving import load_component, save_component
-from dalle.models.transformer import Block, KVCache, Transformer
+from dalle.models.transformer import KVCache, Transformer
 
 
 class DALLE(nn.Module):
@@ -43,9 +43,6 @@ class DALLE(nn.Module):
         self.row_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.col_emb = nn.Embedding(cfg.image_grid, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.text_encoder = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.text_depth)
-        )
         self.transformer = Transformer(cfg)
         self.head = nn.Linear(cfg.dim, cfg.text_vocab_total + cfg.image_factors)
         self.apply(self._init_weights)
@@ -105,23 +102,16 @@ class DALLE(nn.Module):
         return torch.where(text == 0, pads, text.long())
 
     def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        """``(B, text_len)`` ids -> ``(B, text_len, C)``: embedded, through the text encoder."""
+        """``(B, text_len)`` ids -> ``(B, text_len, C)``: token plus position embeddings."""
         pos = torch.arange(self.cfg.text_len, device=text.device)
-        x = self.text_emb(self.text_tokens(text)) + self.text_pos_emb(pos)
-        for block in self.text_encoder:
-            x = block(x, None, is_causal=True)
-        return x
+        return self.text_emb(self.text_tokens(text)) + self.text_pos_emb(pos)
 
     def _embed_image(
-        self,
-        image: torch.Tensor,
-        first: int,
-        drop_codes: torch.Tensor | None = None,
-        drop_colours: torch.Tensor | None = None,
+        self, image: torch.Tensor, first: int, drop_colours: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Codes ``(B, n)`` at image indices ``[first, first + n)`` -> ``(B, n, C)``. Where the
-        boolean ``(B, n)`` masks are set, the code's embedding (``drop_codes``) or its colour
-        factor's (``drop_colours``, product codebooks) is left out: only its place remains."""
+        boolean ``(B, n)`` mask ``drop_colours`` is set (product codebooks), the code's colour
+        factor is left out of its embedding."""
         g, palette = self.cfg.image_grid, self.cfg.image_palette
         if palette:
             pattern, colour = split_codes(image.long(), palette)
@@ -131,8 +121,6 @@ class DALLE(nn.Module):
             codes = self.image_emb(pattern) + colours
         else:
             codes = self.image_emb(image.long())
-        if drop_codes is not None:
-            codes = codes.masked_fill(drop_codes[..., None], 0.0)
         if image.shape[1] == 1:  # one step: rows of the tables
             return codes + self.row_emb.weight[first // g] + self.col_emb.weight[first % g]
         idx = first + torch.arange(image.shape[1], device=image.device)
@@ -165,39 +153,33 @@ class DALLE(nn.Module):
 
     # ----- passes -----
 
-    def hidden(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> the final hidden
-        states ``(B, text_len + n, C)``, before the head."""
-        self.check_text(text)
-        self.check_image(image, text.shape[0], self.cfg.image_len)
-        return self.unchecked_hidden(text, image)
-
-    def unchecked_hidden(
-        self,
-        text: torch.Tensor,
-        image: torch.Tensor,
-        drop_codes: torch.Tensor | None = None,
-        drop_colours: torch.Tensor | None = None,
+    def hidden(
+        self, text: torch.Tensor, image: torch.Tensor, drop_colours: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """:meth:`hidden` without its checks (which read the ids, so a compiled loss does
-        them first, outside the graph). The ``(B, n)`` masks, in training only, leave input
-        codes or their colour factors out (``_embed_image``)."""
-        image_x = self._embed_image(image, 0, drop_codes, drop_colours)
-        x = torch.cat([self._embed_text(text), image_x], dim=1)  # (B, L, C)
-        return self.transformer(self.drop(x))
+        """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> the final hidden
+        states ``(B, text_len + n, C)``, before the head. Unchecked: :meth:`forward` checks
+        the ids, and so does the trainer before its compiled loss. ``drop_colours`` (B, n), in
+        training only, leaves those codes' colour factors out of the input (``_embed_image``)."""
+        x = torch.cat([self._embed_text(text), self._embed_image(image, 0, drop_colours)], dim=1)
+        return self.transformer(self.drop(x))  # (B, L, C)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> restricted logits
         ``(B, text_len + n, vocab_total)``; position t predicts token t + 1."""
+        self.check_text(text)
+        self.check_image(image, text.shape[0], self.cfg.image_len)
         h = self.hidden(text, image)
         logits = torch.cat([self.text_logits(h), self.image_logits(h)], dim=-1)  # (B, L, V)
         return self._restrict(logits)
+
+    # ----- sampling: prefill once, then one step per code -----
 
     def prefill(
         self, text: torch.Tensor, cache: KVCache, image: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Fill ``cache`` from position 0 with the text and an optional image prefix
-        ``(B, n < image_len)``; returns logits ``(B, image_vocab)`` for image code n."""
+        ``(B, n < image_len)`` (both checked); returns logits ``(B, image_vocab)`` for image
+        code n. ``cache.pos`` is then ``text_len + n``."""
         self.check_text(text)
         b = text.shape[0]
         x = self._embed_text(text)
@@ -207,33 +189,17 @@ class DALLE(nn.Module):
         h = self.transformer(self.drop(x), cache, 0)
         return self.image_logits(h[:, -1])
 
-    def step(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Feed image code i = ``cache.pos - text_len`` for each row ``(B,)``; returns logits
-        ``(B, image_vocab)`` for code i + 1."""
-        i = cache.pos - self.cfg.text_len
-        if not 0 <= i < self.cfg.image_len - 1:
-            raise ValueError(
-                f"step feeds image codes 0 .. {self.cfg.image_len - 2} after prefill, got index {i}"
-            )
-        if codes.ndim != 1 or codes.shape[0] != cache.batch_size:
-            raise ValueError(
-                f"expected codes of shape ({cache.batch_size},), got {tuple(codes.shape)}"
-            )
-        check_ids(codes, "image ids", self.cfg.image_vocab)
-        return self.unchecked_step(codes, cache)
-
-    def unchecked_step(self, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """:meth:`step` without its checks (a sampler's loop feeds the codes it drew)."""
-        x = self._embed_image(codes[:, None], cache.pos - self.cfg.text_len)  # (B, 1, C)
-        h = self.transformer(self.drop(x), cache, cache.pos)
-        return self.image_logits(h[:, -1])
-
-    def decode_step(self, codes: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
-        """:meth:`unchecked_step` at input position ``start`` (``text_len`` + the code's
-        index), in the form ``torch.compile`` compiles once for every step and batch size
-        (:meth:`dalle.models.transformer.Transformer.decode`); the caller advances
-        ``cache.pos``. Logits ``(B, image_vocab)`` for the next code, equal to the eager
-        step's to float rounding."""
-        x = self._embed_image(codes[:, None], start - self.cfg.text_len)  # (B, 1, C)
-        h = self.transformer.decode(self.drop(x), cache, start)
+    def step(self, codes: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """Feed image code ``start - text_len`` for each row ``(B,)`` at input position
+        ``start`` (``cache.pos`` after :meth:`prefill` or the last step); returns logits
+        ``(B, image_vocab)`` for the next code. The caller advances ``cache.pos`` to
+        ``start + 1``. Unchecked: the sampler feeds the codes it drew, after :meth:`prefill`
+        checked the caption and the prefix. Under ``torch.compile`` it takes the form that
+        compiles once for every step and batch size (:meth:`Transformer.decode`); eagerly, the
+        fused attention kernels (the same logits to float rounding)."""
+        x = self.drop(self._embed_image(codes[:, None], start - self.cfg.text_len))  # (B, 1, C)
+        if torch.compiler.is_compiling():
+            h = self.transformer.decode(x, cache, start)
+        else:
+            h = self.transformer(x, cache, start)
         return self.image_logits(h[:, -1])

@@ -3,18 +3,20 @@
 The request model is strict (no unknown fields, no strings for numbers, no booleans for
 integers), so a typo or a wrong type is a 422 naming the field rather than a silent default.
 A sampling field the request leaves out takes the model's default (its ``generation.json``,
-shown by ``GET /v1/model``); one it gives overrides it, and ``null`` turns ``top_k``,
-``top_p`` or ``rerank`` off. With ``image`` (base64, checked by ``dalle.serve.uploads``) the
+shown by ``GET /v1/model``); one it gives overrides it, and ``null`` turns an optional one
+(a Sampler setting that can be off) off. With ``image`` (base64, checked by ``dalle.serve.uploads``) the
 images complete that picture, keeping its top ``keep_rows`` code rows; the prompt may then be
 empty (variations). The checks that need the model or the decoded picture are in ``app.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from dalle.sampler_settings import SamplerSettings
 from dalle.serve.uploads import FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 MAX_IMAGES = 16
@@ -26,9 +28,8 @@ MAX_SEED = 2**32 - 1
 MODEL_DEFAULT = "; omitted: the model's default (GET /v1/model)"
 
 
-class GenerateRequest(BaseModel):
-    """What to draw and how to sample it (see ``dalle.sampling.SamplingConfig``); the sampling
-    fields left out take the model's defaults."""
+class _Prompt(BaseModel):
+    """What to draw."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -44,30 +45,43 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="reproduces the images; omitted: the server draws one"
     )
-    # A default of None stands for "not given": app.py reads the fields the request set.
-    temperature: float = Field(
-        None, gt=0, le=10, allow_inf_nan=False, description="softmax temperature" + MODEL_DEFAULT
-    )
-    top_k: int | None = Field(
-        None, ge=1, description="sample from the k likeliest codes; null: off" + MODEL_DEFAULT
-    )
-    top_p: float | None = Field(
-        None, gt=0, le=1, description="nucleus sampling mass; null: off" + MODEL_DEFAULT
-    )
-    cond_scale: float = Field(
-        None,
-        ge=0,
-        le=20,
-        allow_inf_nan=False,
-        description="classifier-free guidance (1 = off)" + MODEL_DEFAULT,
-    )
-    rerank: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_RERANK,
-        description="draw this many candidates per image, keep the best by CLIP (needs clip/); "
-        "null: off" + MODEL_DEFAULT,
-    )
+
+
+def _sampler_field(f: dataclasses.Field) -> tuple[Any, Any]:
+    """A request field for a :class:`~dalle.sampler.Sampler` setting: its type (``| None`` for
+    one that ``null`` turns off), the server's cap (:data:`SERVER_LIMITS`), and a default of
+    ``None`` that stands for "not given" (app.py reads the fields the request set). Its range
+    is the Sampler's to check."""
+    kind = int if f.metadata["kind"] == "count" else float
+    optional = f.default is None
+    off = "; null: off" if optional else ""
+    limits = {"allow_inf_nan": False} if kind is float else {}
+    field = Field(
+        None, description=f.metadata["help"] + off + MODEL_DEFAULT,
+        **limits, **SERVER_LIMITS.get(f.name, {}),
+    )  # fmt: skip
+    return (kind | None if optional else kind), field
+
+
+# How far the server lets a request go, past the Sampler's own ranges (its cost and sense).
+SERVER_LIMITS: dict[str, dict[str, Any]] = {
+    "temperature": {"le": 10},
+    "cond_scale": {"ge": 0, "le": 20},
+    "rerank": {"le": MAX_RERANK},
+}
+
+# Every Sampler setting, in its order, after the prompt fields.
+_Sampling = create_model(
+    "_Sampling",
+    __base__=_Prompt,
+    **{f.name: _sampler_field(f) for f in dataclasses.fields(SamplerSettings)},
+)
+
+
+class GenerateRequest(_Sampling):  # type: ignore[misc, valid-type]
+    """What to draw and how to sample it (one field per ``dalle.sampler.Sampler`` setting);
+    the sampling fields left out take the model's defaults."""
+
     image: str | None = Field(
         None,
         description=f"a picture to complete: {', '.join(FORMATS)} bytes in base64 (a data: URL "
