@@ -51,7 +51,7 @@ def main() -> int:
     from dalle.config import TransformerConfig
     from dalle.models.dalle_transformer import DALLE
     from dalle.sampling import sample_codes
-    from dalle.train.loop import fusable
+    from dalle.train.optimizer import fusable
     from dalle.train.train_config import TransformerTrainConfig
     from dalle.train.transformer_trainer import DalleObjective
 

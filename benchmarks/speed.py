@@ -94,7 +94,7 @@ def time_step(model, objective, batch, repeats: int, bf16: bool = False) -> floa
     (the forward under bf16 autocast with ``bf16``, as the trainer runs ``precision="bf16"``)."""
     import torch
 
-    from dalle.train.loop import fusable
+    from dalle.train.optimizer import fusable
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fusable(model))
     model.train()

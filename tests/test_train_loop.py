@@ -192,7 +192,7 @@ class Timed(Regression):
 
 
 def test_steps_for_budget_times_the_trainers_step_and_charges_its_own_seconds():
-    from dalle.train.loop import steps_for_budget
+    from dalle.train.budget import steps_for_budget
 
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

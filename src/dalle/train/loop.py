@@ -1,24 +1,22 @@
 """One training loop for every model: each model supplies only an objective.
 
 An objective maps ``(model, batch, step)`` to ``(loss, metrics)``. The loop owns the rest:
-AdamW (no weight decay on biases, norms and embeddings), warm-up + cosine learning rate,
-gradient clipping, seeding, a progress bar, JSONL metrics, periodic callbacks (model folders,
+AdamW (``dalle.train.optimizer``), warm-up + cosine learning rate, gradient clipping, seeding,
+a progress bar, JSONL metrics (``dalle.train.metrics_log``), periodic callbacks (model folders,
 sample grids) and training checkpoints that resume exactly (``dalle.train.checkpoint``). An
 objective with random state of its own exposes it as ``state_dict`` / ``load_state_dict``.
-Ctrl-C (SIGINT) stops the run at the end of the step it lands in, so the checkpoint saved then
-never holds a half-applied optimizer update; a second Ctrl-C interrupts at once.
+Ctrl-C (SIGINT) stops the run at the end of the step it lands in (``dalle.train.interrupt``),
+so the checkpoint saved then never holds a half-applied optimizer update; a second Ctrl-C
+interrupts at once. How many steps fit in a time budget is :mod:`dalle.train.budget`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -26,7 +24,11 @@ import torch
 from tqdm import tqdm
 
 from dalle.train import distributed
+from dalle.train.batching import batch_len, to_device
 from dalle.train.checkpoint import load_latest, save_checkpoint
+from dalle.train.interrupt import sigint_at_step_end
+from dalle.train.metrics_log import trim_metrics
+from dalle.train.optimizer import make_optimizer
 from dalle.train.schedules import lr_factor
 from dalle.train.train_config import CheckpointConfig, OptimConfig
 
@@ -56,33 +58,6 @@ class SeededObjective:
 class Callback:
     every: int
     fn: Callable[[int], None]  # called with the number of steps done
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and conv kernels; never biases, norms or embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "emb" in name or "norm" in name or name.endswith(".b")
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fusable(model))
-
-
-def fusable(model: torch.nn.Module) -> bool | None:
-    """``True`` where torch has a fused AdamW for every trainable parameter (floats on the CPU
-    or CUDA: one kernel per step instead of a dozen over lists), else ``None`` (its default)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    ok = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return True if params and ok else None
 
 
 def train(
@@ -167,7 +142,7 @@ class Trainer:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc,
                    unit="step", disable=not (progress and self.main), dynamic_ncols=True)  # fmt: skip
         metrics_path = self.run_dir / "metrics.jsonl" if self.main else Path(os.devnull)
-        with open(metrics_path, "a", encoding="utf-8") as log, _sigint_at_step_end() as stop:
+        with open(metrics_path, "a", encoding="utf-8") as log, sigint_at_step_end() as stop:
             try:
                 for step in bar:
                     lr, loss, metrics = self.step(step, desc)
@@ -325,101 +300,5 @@ class Trainer:
         if hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
         if distributed.is_main():
-            _trim_metrics(self.run_dir / "metrics.jsonl", step)
+            trim_metrics(self.run_dir / "metrics.jsonl", step)
         return step
-
-
-@contextmanager
-def _sigint_at_step_end() -> Iterator[list[int]]:
-    """While active, a first SIGINT is only recorded in the yielded list (the loop checks it
-    after each whole step) and a second one raises ``KeyboardInterrupt`` as usual. Left alone
-    outside the main thread or when the caller has its own SIGINT handler."""
-    stop: list[int] = []
-    ours = threading.current_thread() is threading.main_thread()
-    if not ours or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield stop
-        return
-
-    def record(signum: int, frame: object) -> None:
-        stop.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, record)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop the metrics lines logged after ``step`` (the resumed run logs them again)."""
-    if not path.is_file():
-        return
-    from dalle.io import write_bytes_atomic
-
-    def before(line: str) -> bool:  # a line torn by a crash mid-write is dropped too
-        try:
-            return json.loads(line).get("step", 0) <= step
-        except (json.JSONDecodeError, AttributeError):
-            return False
-
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    kept = [x for x in lines if x.strip() and before(x)]
-    write_bytes_atomic(path, "".join(x + "\n" for x in kept).encode())
-
-
-def batch_len(batch: Any) -> int:
-    """Samples in a batch: the length of its first tensor or list (0 when it has none)."""
-    if isinstance(batch, dict):
-        batch = next(iter(batch.values()), [])
-    if isinstance(batch, tuple) and batch:
-        return batch_len(batch[0])
-    return len(batch) if isinstance(batch, (torch.Tensor, list)) else 0
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor in it (nested in tuples, lists and dicts) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def steps_for_budget(
-    model: torch.nn.Module,
-    objective: Objective,
-    batches: Iterator[Any],
-    seconds: float,
-    optim: OptimConfig | None = None,
-    probe: int = 20,
-    at_least: int = 10,
-    warmup: int = 5,
-) -> int:
-    """How many steps of ``objective`` fit in ``seconds``, timed through the trainer's own
-    step (``optim``'s precision, accumulation, clipping and AdamW; default: fp32, one batch)
-    on a throwaway copy of ``model``, so the model itself is untouched.
-
-    ``probe`` steps are timed after ``warmup`` untimed ones (allocations, kernel selection and,
-    for a compiled objective, the compile). The probe's own seconds, a compile's included, are
-    spent from the budget; the real run compiles the same graph again from Inductor's cache
-    (about 2 s against 20 for the demo's transformer), which the budget does not charge.
-    """
-    import copy
-    import tempfile
-
-    t_start = time.perf_counter()
-    cfg = replace(optim or OptimConfig(steps=1, lr=1e-3), steps=warmup + probe, ema=None)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(copy.deepcopy(model).train(), objective, batches, cfg, Path(tmp))
-        for i in range(warmup):
-            trainer.step(i, "probe")
-        t0 = time.perf_counter()
-        for i in range(warmup, warmup + probe):
-            trainer.step(i, "probe")
-        t1 = time.perf_counter()
-    per_step = (t1 - t0) / probe
-    left = seconds - (time.perf_counter() - t_start)
-    return max(at_least, int(left / per_step))
