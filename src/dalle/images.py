@@ -1,4 +1,6 @@
-"""Image conversion and I/O helpers: PIL <-> tensors in [0, 1], PNG bytes, contact sheets."""
+"""Image conversion and I/O helpers: PIL <-> tensors in [0, 1], the one preprocessing every
+image gets (RGB, shorter side scaled, centre square: :func:`prepare_image`), PNG bytes and
+contact sheets."""
 
 from __future__ import annotations
 
@@ -110,6 +112,27 @@ def as_image(image: ImageInput) -> Image.Image:
     elif array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 or float image array, got dtype {array.dtype}")
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))  # uint8: L, RGB or RGBA
+
+
+def resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """Scale the shorter side to ``size`` (bicubic), then crop the centre square."""
+    w, h = image.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        image = image.resize(
+            (max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC
+        )
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def prepare_image(image: ImageInput, size: int) -> torch.Tensor:
+    """Any picture (a path, a PIL image, an array or a tensor: see :func:`as_image`)
+    -> ``(3, size, size)`` float in [0, 1], converted exactly as the images of a training folder
+    are: read as RGB (alpha dropped, 16-bit grey to its top 8 bits), the shorter side scaled to
+    ``size`` (bicubic) and the centre square cropped."""
+    return image_to_tensor(resize_crop(as_image(image), size))
 
 
 def png_bytes(image: Image.Image) -> bytes:

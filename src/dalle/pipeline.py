@@ -40,8 +40,7 @@ import torch
 from PIL import Image
 
 from dalle.config import load_config, to_dict
-from dalle.data.image_folder import prepare_image
-from dalle.images import ImageInput, tensor_to_image
+from dalle.images import ImageInput, prepare_image, tensor_to_image
 from dalle.io import write_json_atomic
 from dalle.models.clip import CLIP
 from dalle.models.dalle_transformer import DALLE
@@ -195,7 +194,7 @@ class DallePipeline:
         """A picture (path, PIL image, array or tensor) -> ``(pixels (1, 3, S, S) in [0, 1],
         codes (1, h*w))`` on the model's device: converted as training folders are read (RGB,
         alpha dropped; shorter side scaled to the dVAE's size S, bicubic; centre crop; see
-        :func:`dalle.data.image_folder.prepare_image`), then encoded by the dVAE."""
+        :func:`dalle.images.prepare_image`), then encoded by the dVAE."""
         pixels = prepare_image(image, self.vae.cfg.image_size)[None].to(self.device)
         return pixels, self.vae.encode(pixels)
 

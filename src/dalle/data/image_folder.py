@@ -13,9 +13,8 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from dalle.images import ImageInput, as_image, image_to_tensor
+from dalle.images import prepare_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -38,27 +37,6 @@ def _scan(root: Path) -> tuple[list[tuple[Path, Path]], int]:
             f"no image + .txt caption pairs found under {root} (expected e.g. 0001.png + 0001.txt)"
         )
     return pairs, unpaired
-
-
-def resize_crop(image: Image.Image, size: int) -> Image.Image:
-    """Scale the shorter side to ``size`` (bicubic), then crop the centre square."""
-    w, h = image.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        image = image.resize(
-            (max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC
-        )
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def prepare_image(image: ImageInput, size: int) -> torch.Tensor:
-    """Any picture (a path, a PIL image, an array or a tensor: see :func:`dalle.images.as_image`)
-    -> ``(3, size, size)`` float in [0, 1], converted exactly as the images of a training folder
-    are: read as RGB (alpha dropped, 16-bit grey to its top 8 bits), the shorter side scaled to
-    ``size`` (bicubic) and the centre square cropped."""
-    return image_to_tensor(resize_crop(as_image(image), size))
 
 
 def read_caption_lines(path: Path) -> list[str]:

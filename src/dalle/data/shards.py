@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dalle.data.image_folder import resize_crop
-from dalle.images import image_to_tensor, load_image
+from dalle.images import image_to_tensor, load_image, resize_crop
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 

@@ -52,6 +52,7 @@ class ImageTextData:
 
     name = "data"
     vae_preset = "tiny"  # the dVAE preset (dalle.config.VAE_PRESETS) that suits this data
+    caption_grammar: str | None = None  # names the judge of dalle.eval that reads its captions
 
     def __init__(self) -> None:
         self._opened: torch.utils.data.Dataset | None = None
@@ -140,6 +141,7 @@ class ShapesData(ImageTextData):
 
     name = "shapes"
     vae_preset = "shapes"  # gain-shape codes: a colour seen on some outlines draws on others
+    caption_grammar = "shapes"  # shared/SHAPES.md: dalle.eval.shapes_fidelity reads its pixels
 
     def __init__(self, num: int = 20_000, seed: int = 0):
         super().__init__()

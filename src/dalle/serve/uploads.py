@@ -6,7 +6,7 @@ The checks, cheapest first: the length of the text, valid base64 (whitespace and
 :data:`FORMATS` by its content (not its name), at most :data:`MAX_IMAGE_PIXELS` pixels by its
 header (before decoding anything, so a decompression bomb is refused unread), then a full
 decode (a truncated or corrupt file is refused). The picture is then converted as training
-images are (:func:`dalle.data.image_folder.prepare_image`) by the pipeline.
+images are (:func:`dalle.images.prepare_image`) by the pipeline.
 """
 
 from __future__ import annotations
