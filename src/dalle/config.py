@@ -2,21 +2,25 @@
 
 A config is the whole architecture: a saved model folder stores it as ``config.json`` and the
 weights are loaded against it with strict key checking, never inferred from tensor shapes.
+Reading and writing them is :mod:`dalle.config_io` (``to_dict``, ``from_dict``,
+``load_config``, re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from dalle.config_io import from_dict as from_dict
+from dalle.config_io import load_config as load_config
+from dalle.config_io import to_dict as to_dict
 
 C = TypeVar("C")
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """``ValueError(message)`` unless ``ok``: the check every config's ``__post_init__`` makes."""
     if not ok:
         raise ValueError(message)
 
@@ -47,25 +51,25 @@ class VAEConfig:
     palette: int = 0  # colours of a product codebook (0: a flat codebook, as in the paper)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.downsample in (2, 4, 8, 16),
             f"downsample must be 2, 4, 8 or 16, got {self.downsample}",
         )
-        _require(
+        require(
             self.image_size > 0 and self.image_size % self.downsample == 0,
             f"image_size must be a positive multiple of downsample={self.downsample}, got {self.image_size}",
         )
-        _require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
-        _require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
-        _require(
+        require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        require(self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}")
+        require(
             self.n_hid >= 4 and self.n_hid % 4 == 0,
             f"n_hid must be a multiple of 4, got {self.n_hid}",
         )
-        _require(
+        require(
             self.n_blk_per_group >= 1, f"n_blk_per_group must be >= 1, got {self.n_blk_per_group}"
         )
-        _require(self.n_init >= 1, f"n_init must be >= 1, got {self.n_init}")
-        _require(
+        require(self.n_init >= 1, f"n_init must be >= 1, got {self.n_init}")
+        require(
             self.palette == 0
             or (self.palette >= 1 and self.vocab_size % self.palette == 0
                 and self.vocab_size // self.palette >= 3),
@@ -108,64 +112,6 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
-    """Build ``cls`` from a saved dict, rejecting unknown and missing fields with a clear error."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}")
-    # A saved config states every field, except those added after it was written (a class's
-    # ``ADDED_FIELDS``), which take their defaults: the behaviour of the code that saved it.
-    missing = sorted(names - set(data) - set(getattr(cls, "ADDED_FIELDS", ())))
-    if missing:
-        raise ValueError(f"{source}: missing field(s) {missing} for {cls.__name__}")
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name in data:
-            _check_type(f.name, str(f.type), data[f.name], source)
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as e:  # the config's own validation: name the file too
-        raise ValueError(f"{source}: {e}") from None
-
-
-_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
-
-
-def _check_type(name: str, annotation: str, value: Any, source: str) -> None:
-    """ValueError unless a saved ``value`` fits a scalar field's annotation (``int``, ``float``,
-    ``str``, ``bool``, each optionally ``| None``); other annotations are checked by the
-    config's own validation."""
-    kinds = [k.strip() for k in annotation.split("|")]
-    if value is None and "None" in kinds:
-        return
-    base = [k for k in kinds if k != "None"]
-    if len(base) != 1 or base[0] not in (*_SCALARS, "bool"):
-        return
-    kind = base[0]
-    ok = isinstance(value, bool) if kind == "bool" else (
-        isinstance(value, _SCALARS[kind]) and not isinstance(value, bool)
-    )
-    if not ok:
-        raise ValueError(f"{source}: field {name!r} must be {annotation}, got {value!r}")
-
-
-def load_config(cls: type[C], path: Path) -> C:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"missing config file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return from_dict(cls, data, source=str(path))
-
-
 def preset(presets: dict[str, C], name: str, kind: str) -> C:
     if name not in presets:
         raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(presets)}")
@@ -178,7 +124,7 @@ ATTENTION_KINDS = ("full", "row", "column", "conv")
 def paper_attention(depth: int) -> tuple[str, ...]:
     """The paper's layer pattern (Sec. 2.2, App. B.1): layers cycle row, column, row, row, and
     the last layer uses convolutional attention."""
-    _require(depth >= 1, f"depth must be >= 1, got {depth}")
+    require(depth >= 1, f"depth must be >= 1, got {depth}")
     cycle = ("row", "column", "row", "row")
     return tuple(cycle[i % 4] for i in range(depth - 1)) + ("conv",)
 
@@ -221,38 +167,38 @@ class TransformerConfig:
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("text_alibi", "text_depth")  # older folders lack them
 
     def __post_init__(self) -> None:
-        _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
-        _require(self.text_len >= 2, f"text_len must be >= 2, got {self.text_len}")
-        _require(self.image_vocab >= 2, f"image_vocab must be >= 2, got {self.image_vocab}")
-        _require(self.image_grid >= 1, f"image_grid must be >= 1, got {self.image_grid}")
-        _require(
+        require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
+        require(self.text_len >= 2, f"text_len must be >= 2, got {self.text_len}")
+        require(self.image_vocab >= 2, f"image_vocab must be >= 2, got {self.image_vocab}")
+        require(self.image_grid >= 1, f"image_grid must be >= 1, got {self.image_grid}")
+        require(
             self.image_palette == 0
             or (self.image_palette >= 1 and self.image_vocab % self.image_palette == 0),
             f"image_palette must be 0 or divide image_vocab={self.image_vocab}, "
             f"got {self.image_palette}",
         )
-        _require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        _require(self.text_depth >= 0, f"text_depth must be >= 0, got {self.text_depth}")
-        _require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
-        _require(
+        require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        require(self.text_depth >= 0, f"text_depth must be >= 0, got {self.text_depth}")
+        require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
+        require(
             self.dim >= 1 and self.dim % self.heads == 0,
             f"dim must be a positive multiple of heads={self.heads}, got {self.dim}",
         )
-        _require(self.mlp_ratio >= 1, f"mlp_ratio must be >= 1, got {self.mlp_ratio}")
-        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        _require(
+        require(self.mlp_ratio >= 1, f"mlp_ratio must be >= 1, got {self.mlp_ratio}")
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        require(
             self.conv_kernel >= 1 and self.conv_kernel % 2 == 1,
             f"conv_kernel must be a positive odd number, got {self.conv_kernel}",
         )
         # Saved configs hold the explicit pattern; JSON brings it back as a list.
         pattern = paper_attention(self.depth) if self.attention is None else tuple(self.attention)
         object.__setattr__(self, "attention", pattern)
-        _require(
+        require(
             len(pattern) == self.depth,
             f"attention must name one mask per layer ({self.depth}), got {len(pattern)}",
         )
         bad = [k for k in pattern if k not in ATTENTION_KINDS]
-        _require(not bad, f"attention kinds must be in {ATTENTION_KINDS}, got {bad}")
+        require(not bad, f"attention kinds must be in {ATTENTION_KINDS}, got {bad}")
 
     @property
     def head_dim(self) -> int:
@@ -315,33 +261,33 @@ class CLIPConfig:
     embed_dim: int = 128
 
     def __post_init__(self) -> None:
-        _require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
-        _require(self.text_len >= 1, f"text_len must be >= 1, got {self.text_len}")
+        require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
+        require(self.text_len >= 1, f"text_len must be >= 1, got {self.text_len}")
         for name in ("text", "image"):
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
-            _require(
+            require(
                 heads >= 1 and dim >= 1 and dim % heads == 0,
                 f"{name}_dim must be a positive multiple of {name}_heads={heads}, got {dim}",
             )
-            _require(getattr(self, f"{name}_depth") >= 1, f"{name}_depth must be >= 1")
-        _require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
-        _require(
+            require(getattr(self, f"{name}_depth") >= 1, f"{name}_depth must be >= 1")
+        require(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        require(
             self.image_tower in IMAGE_TOWERS,
             f"image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}",
         )
         widths = tuple(self.conv_widths)  # JSON brings it back as a list
         object.__setattr__(self, "conv_widths", widths)
-        _require(
+        require(
             len(widths) >= 1 and all(w >= 1 for w in widths),
             f"conv_widths must be positive, got {widths}",
         )
         step = 2 ** len(widths) if self.image_tower == "conv" else self.patch
-        _require(
+        require(
             step >= 1 and self.image_size > 0 and self.image_size % step == 0,
             f"image_size must be a positive multiple of {step} for the {self.image_tower} "
             f"tower, got {self.image_size}",
         )
-        _require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+        require(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
 
 
 CLIP_PRESETS: dict[str, CLIPConfig] = {

@@ -15,13 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dalle.config import require
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_VOCAB_SIZE = 1024  # caption BPE ids, [PAD] and the 256 byte tokens included
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -47,16 +44,16 @@ class OptimConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.steps >= 1 and self.accumulate >= 1 and self.max_bad_steps >= 1,
             f"steps, accumulate and max_bad_steps must be >= 1, got {self.steps}, "
             f"{self.accumulate}, {self.max_bad_steps}",
         )
-        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _require(
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(
             self.ema is None or 0.0 < self.ema < 1.0, f"ema decay must be in (0, 1), got {self.ema}"
         )
-        _require(
+        require(
             self.precision in PRECISIONS,
             f"precision must be one of {PRECISIONS}, got {self.precision!r}",
         )
@@ -69,11 +66,11 @@ class CheckpointConfig:
     minutes: float | None = None  # also save when this much time has passed since the last
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.every >= 1 and self.keep >= 1,
             f"checkpoint every and keep must be >= 1, got {self.every}, {self.keep}",
         )
-        _require(
+        require(
             self.minutes is None or self.minutes > 0,
             f"checkpoint minutes must be > 0, got {self.minutes}",
         )
@@ -103,7 +100,7 @@ class RunConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
+        require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
 
 
 class _Recipe(Protocol):
@@ -131,11 +128,11 @@ def _optim(recipe: _Recipe, **extra: Any) -> OptimConfig:
 
 
 def _check_recipe(steps: int, batch_size: int, lr: float, min_batch: int = 1) -> None:
-    _require(
+    require(
         steps >= 1 and batch_size >= min_batch,
         f"steps must be >= 1 and batch_size >= {min_batch}, got {steps}, {batch_size}",
     )
-    _require(lr > 0, f"lr must be > 0, got {lr}")
+    require(lr > 0, f"lr must be > 0, got {lr}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +144,7 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         from dalle.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 
-        _require(
+        require(
             MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE,
             f"vocab_size must be in {MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE}, got {self.vocab_size}",
         )
@@ -196,14 +193,14 @@ class VAETrainConfig:
 
     def __post_init__(self) -> None:
         _check_recipe(self.steps, self.batch_size, self.lr)
-        _require(0 < self.tau_end <= self.tau_start, "need 0 < tau_end <= tau_start")
-        _require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
-        _require(self.usage_weight >= 0, f"usage_weight must be >= 0, got {self.usage_weight}")
-        _require(self.init_spread >= 0, f"init_spread must be >= 0, got {self.init_spread}")
-        _require(0 <= self.warm_start <= 1, f"warm_start must be in [0, 1], got {self.warm_start}")
-        _require(self.kmeans_images >= 1, f"kmeans_images must be >= 1, got {self.kmeans_images}")
-        _require(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
-        _require(
+        require(0 < self.tau_end <= self.tau_start, "need 0 < tau_end <= tau_start")
+        require(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        require(self.usage_weight >= 0, f"usage_weight must be >= 0, got {self.usage_weight}")
+        require(self.init_spread >= 0, f"init_spread must be >= 0, got {self.init_spread}")
+        require(0 <= self.warm_start <= 1, f"warm_start must be in [0, 1], got {self.warm_start}")
+        require(self.kmeans_images >= 1, f"kmeans_images must be >= 1, got {self.kmeans_images}")
+        require(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
+        require(
             self.recon in ("logit_laplace", "mse"),
             f"recon must be 'logit_laplace' or 'mse', got {self.recon!r}",
         )
@@ -255,8 +252,8 @@ class TransformerTrainConfig:
         _check_recipe(self.steps, self.batch_size, self.lr)
         for name in ("caption_dropout", "word_dropout", "code_dropout", "colour_dropout"):
             p = getattr(self, name)
-            _require(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
-        _require(
+            require(0.0 <= p < 1.0, f"{name} must be in [0, 1), got {p}")
+        require(
             self.text_weight >= 0 and self.image_weight >= 0,
             f"loss weights must be >= 0, got {self.text_weight}, {self.image_weight}",
         )
