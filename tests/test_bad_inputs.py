@@ -317,19 +317,12 @@ CASES: dict[str, Case] = {
     "train: --caption-dropout 1": Case(
         TRAIN + " --caption-dropout 1", r"caption_dropout must be in \[0, 1\), got 1\.0"
     ),
-    "train: --word-dropout 1": Case(
-        TRAIN + " --word-dropout 1", r"word_dropout must be in \[0, 1\), got 1\.0"
-    ),
-    "train: --code-dropout -0.1": Case(
-        TRAIN + " --code-dropout -0.1", r"code_dropout must be in \[0, 1\), got -0\.1"
-    ),
     "train: --colour-dropout 1": Case(
         TRAIN + " --colour-dropout 1", r"colour_dropout must be in \[0, 1\), got 1\.0"
     ),
     "train: --colour-dropout, flat codebook": Case(
         TRAIN + " --colour-dropout 0.5", r"--colour-dropout needs a dVAE with a product codebook"
     ),
-    "train: --text-depth -1": Case(TRAIN + " --text-depth -1", r"text_depth must be >= 0, got -1"),
     "train: --lr -1": Case(TRAIN + " --lr -1", r"argument --lr: expected a positive finite number"),
     "train-vae: --warm-start 2": Case(
         "train-vae --data shapes --out {tmp}/run --warm-start 2",

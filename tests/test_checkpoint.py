@@ -3,14 +3,16 @@ a damaged newest checkpoint falls back to the one before; only the newest K are 
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from dalle.cli import main
-from dalle.config import TransformerConfig
+from dalle.config import TransformerConfig, to_dict
 from dalle.data.tokens import token_batches
 from dalle.models.dalle_transformer import DALLE
 from dalle.train.checkpoint import checkpoints, load_latest
@@ -163,21 +165,34 @@ def test_train_vae_resume_needs_a_one_phase_recipe(tmp_path, capsys):
     assert "one-phase recipe" in capsys.readouterr().err
 
 
-def test_resume_accepts_a_run_started_before_a_field_was_added_only_at_its_default(tmp_path):
+def test_resume_accepts_a_run_started_by_older_code_as_it_was(tmp_path):
+    """Recorded settings that lack a field added since resume when it is at its default; ones
+    that hold an option removed since (a config's ``REMOVED_FIELDS``) resume when it was off,
+    and are a clear error when it was on."""
     from dalle.train.run import record_settings
 
-    old = {"model": {"dim": 8}, "train": {"lr": 0.1}, "rows": 4}  # written before text_depth
+    configs = {"model": TransformerConfig, "train": TransformerTrainConfig}
+    model, train = to_dict(TransformerConfig(dim=64)), to_dict(TransformerTrainConfig(lr=0.1))
+    new = {"model": model, "train": train, "rows": 4}
+    old = copy.deepcopy(new)
+    del old["model"]["conv_kernel"]  # written before the field was added (at its default)
+    old["model"] |= {"text_alibi": False, "text_depth": 0}  # and with options since removed
+    old["train"] |= {"word_dropout": 0.0, "code_dropout": 0.0}
     record_settings(tmp_path, old, resume=False)
-    defaults = {"model": {"dim": 256, "text_depth": 0}, "train": {"lr": 3e-3}}
-    new = {"model": {"dim": 8, "text_depth": 0}, "train": {"lr": 0.1}, "rows": 4}
-    record_settings(tmp_path, new, resume=True, defaults=defaults)  # unchanged: accepted
+    record_settings(tmp_path, new, resume=True, configs=configs)  # unchanged: accepted
     record_settings(tmp_path, old, resume=False)
-    changed = {"model": {"dim": 8, "text_depth": 2}, "train": {"lr": 0.1}, "rows": 4}
+    changed = copy.deepcopy(new)
+    changed["model"]["conv_kernel"] = 3
     with pytest.raises(ValueError, match="--resume needs the settings"):
-        record_settings(tmp_path, changed, resume=True, defaults=defaults)
-    with pytest.raises(ValueError, match="--resume needs the settings"):  # no defaults known
+        record_settings(tmp_path, changed, resume=True, configs=configs)
+    with pytest.raises(ValueError, match="--resume needs the settings"):  # no configs known
         record_settings(tmp_path, new, resume=True)
     with pytest.raises(ValueError, match="--resume needs the settings"):  # a field dropped
-        record_settings(tmp_path, {"model": {}, "train": {"lr": 0.1}, "rows": 4}, resume=True)
+        record_settings(tmp_path, {**new, "model": {}}, resume=True, configs=configs)
     with pytest.raises(ValueError, match="--resume needs the settings"):  # a value changed
-        record_settings(tmp_path, {**old, "rows": 5}, resume=True, defaults=defaults)
+        record_settings(tmp_path, {**new, "rows": 5}, resume=True, configs=configs)
+    old["train"]["word_dropout"] = 0.15  # a run trained with the option on
+    record_settings(tmp_path, old, resume=False)
+    message = "train_config.json: word_dropout=0.15 was an experimental option of TransformerTrainConfig, since removed (see docs/experiments.md)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        record_settings(tmp_path, new, resume=True, configs=configs)

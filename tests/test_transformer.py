@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from dalle.config import (
     TRANSFORMER_PRESETS,
     TransformerConfig,
     from_dict,
+    load_config,
     paper_attention,
     to_dict,
 )
@@ -94,14 +97,10 @@ def test_attention_follows_mask():
 
 
 @pytest.mark.parametrize(
-    ("attention", "alibi", "text_depth"),
-    [((k, k), False, 0) for k in KINDS]
-    + [(("row", "column"), False, 0), (("full", "conv"), False, 0)]
-    + [(("full", "full"), True, 0), (("row", "conv"), True, 0)]
-    + [(("full", "row"), False, 2)],
+    "attention", [(k, k) for k in KINDS] + [("row", "column"), ("full", "conv")]
 )
-def test_cached_logits_equal_full_forward(attention, alibi, text_depth):
-    model = model_for(attention=attention, text_alibi=alibi, text_depth=text_depth)
+def test_cached_logits_equal_full_forward(attention):
+    model = model_for(attention=attention)
     cfg = model.cfg
     text, image = batch(cfg)
     full = model(text, image)  # (B, L, V)
@@ -116,63 +115,19 @@ def test_cached_logits_equal_full_forward(attention, alibi, text_depth):
     assert cache.pos == cfg.text_len + 4
 
 
-def test_text_alibi_attention_matches_a_hand_computation():
-    """Caption queries add -m_h * (q - k) to their scores over caption keys, m_h = 2^(-8h/H);
-    image queries are the plain model's: checked against one head computed by hand."""
-    cfg = dataclasses.replace(TINY, attention=("full", "full"), text_alibi=True, heads=4)
-    torch.manual_seed(0)
-    tr = Transformer(cfg).eval()
-    x = torch.randn(1, cfg.seq_len, cfg.dim)
-    layer = tr.layers[0]
-    h = layer.norm1(x)
-    q, k, v = layer.attn.qkv(h).split(cfg.dim, dim=-1)
-    d = cfg.head_dim
-    outs = []
-    for head in range(cfg.heads):
-        qh, kh, vh = (z[0, :, head * d : (head + 1) * d] for z in (q, k, v))
-        scores = qh @ kh.t() / math.sqrt(d)
-        slope = 2.0 ** (-8.0 * (head + 1) / cfg.heads)
-        for i in range(cfg.seq_len):
-            for j in range(cfg.seq_len):
-                if j > i:
-                    scores[i, j] = -math.inf
-                elif i < cfg.text_len and j < cfg.text_len:
-                    scores[i, j] -= slope * (i - j)
-        outs.append(torch.softmax(scores, -1) @ vh)
-    want = layer.attn.proj(torch.cat(outs, -1))
-    mask = tr.mask("full")[..., : cfg.seq_len, : cfg.seq_len]
-    got = layer.attn(h, mask)[0]
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    plain = Transformer(dataclasses.replace(cfg, text_alibi=False))
-    plain.load_state_dict(tr.state_dict())
-    image_rows = slice(cfg.text_len, None)  # image queries see no bias: the plain model's rows
-    y_plain = plain.layers[0].attn(h, plain.mask("full"))[0]
-    torch.testing.assert_close(got[image_rows], y_plain[image_rows], atol=1e-6, rtol=0)
-
-
-def test_text_encoder_is_causal_and_off_by_default():
-    """A caption position's encoding depends on that token and earlier ones only (the caption
-    loss stays valid); with ``text_depth`` 0 the model is the one without the option."""
-    model = model_for(text_depth=2, attention=("full", "full"))
-    text, _ = batch(model.cfg)
-    j = 3
-    changed = text.clone()
-    changed[:, j] = (text[:, j] % (model.cfg.text_vocab - 1)) + 1  # another non-pad id
-    a, b = model._embed_text(text), model._embed_text(changed)
-    same = (a - b).abs().amax(dim=(0, 2)) == 0  # (text_len,)
-    assert same[:j].all() and not same[j:].any()
-    assert len(model.text_encoder) == 2
-    plain = model_for(attention=("full", "full"))
-    assert len(plain.text_encoder) == 0
-    assert not any(k.startswith("text_encoder") for k in plain.state_dict())
-
-
-def test_config_saved_before_a_field_was_added_loads_with_its_default():
-    saved = to_dict(TINY)
-    del saved["text_alibi"]  # a transformer/config.json written before the options existed
-    del saved["text_depth"]
+def test_config_saved_with_a_removed_option_loads_only_with_it_off(tmp_path):
+    """A transformer/config.json written while ALiBi and the text encoder were options holds
+    them off (``text_alibi`` false, ``text_depth`` 0): it loads as the model it was; one with
+    an option on is a one-line error naming the file and the field."""
+    saved = {**to_dict(TINY), "text_alibi": False, "text_depth": 0}
     assert from_dict(TransformerConfig, saved) == TINY
-    del saved["dim"]  # but every original field is still required
+    path = tmp_path / "config.json"
+    for field, on in [("text_alibi", True), ("text_depth", 2)]:
+        path.write_text(json.dumps({**saved, field: on}))
+        message = f"{path}: {field}={on} was an experimental option of TransformerConfig, since removed (see docs/experiments.md)"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_config(TransformerConfig, path)
+    del saved["dim"]  # every other field is still required
     with pytest.raises(ValueError, match=r"missing field\(s\) \['dim'\]"):
         from_dict(TransformerConfig, saved)
 
@@ -251,39 +206,6 @@ def test_loss_matches_hand_computation(palette):
     assert model.head.weight.grad is not None
 
 
-def test_masked_words_are_inputs_only_and_the_caption_loss_predicts_the_real_words():
-    """Word dropout pads single input tokens (a rate near p, the caller's tensor untouched);
-    the objective's text loss on those inputs is the hand computation against the real
-    caption, and its image loss the model's on the masked caption."""
-    from dalle.train.train_config import TransformerTrainConfig
-    from dalle.train.transformer_trainer import DalleObjective, word_dropout
-
-    text = torch.randint(1, 20, (64, 8))
-    kept = text.clone()
-    out = word_dropout(text, 0.25, torch.Generator().manual_seed(0))
-    assert torch.equal(text, kept)
-    masked = out == 0
-    assert torch.equal(out[~masked], text[~masked]) and 0.15 < masked.float().mean() < 0.35
-    assert torch.equal(word_dropout(text, 0.0), text)
-
-    model = model_for()
-    cfg = model.cfg
-    text, image = batch(cfg, n=6)
-    recipe = TransformerTrainConfig(caption_dropout=0.0, word_dropout=0.5)
-    objective = DalleObjective(recipe, torch.Generator().manual_seed(3))
-    loss, metrics = objective(model, (text, image), 0)
-    words = word_dropout(text, 0.5, torch.Generator().manual_seed(3))  # the same draw
-    assert (words != text).any()
-    log_p = torch.log_softmax(model(words, image[:, :-1]).double(), -1)
-    t = cfg.text_len
-    nll = [-log_p[b, j - 1, text[b, j].item() or cfg.text_vocab + j]
-           for b in range(2) for j in range(1, t)]  # fmt: skip
-    assert math.isclose(metrics["text_loss"], torch.stack(nll).mean().item(), rel_tol=1e-5)
-    _, plain = dalle_loss(model, words, image)
-    assert math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-6)
-    assert not math.isclose(metrics["text_loss"], plain["text_loss"], rel_tol=1e-3)
-
-
 @pytest.mark.parametrize("palette", [0, 3])
 def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
     """Code dropout leaves a code's embedding out, colour dropout a product code's colour
@@ -349,7 +271,7 @@ def test_colour_dropout_needs_a_product_codebook():
     with pytest.raises(ValueError, match="colour dropout needs a product codebook"):
         dalle_loss(model, text, image, drop_colours=mask)
     with pytest.raises(ValueError, match=r"boolean code mask of shape \(2, 3\)"):
-        dalle_loss(model, text, image, drop_codes=mask[:, :2])
+        dalle_loss(model, text, image, drop_colours=mask[:, :2])
 
 
 def test_caption_dropout():

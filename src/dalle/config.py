@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from dalle.config_io import from_dict as from_dict
 from dalle.config_io import load_config as load_config
@@ -154,17 +154,10 @@ class TransformerConfig:
     dropout: float = 0.0
     attention: tuple[str, ...] | None = None
     conv_kernel: int = 5
-    # ALiBi (Press et al. 2022) on caption-to-caption attention: head h adds -m_h * distance to
-    # the score of an earlier caption token (m_h = 2^(-8h/heads)), so a word gathers the words
-    # of its own phrase first. Image queries are unaffected.
-    text_alibi: bool = False
-    # A text encoder: ``text_depth`` causal blocks over the caption alone before the joint
-    # stack (a word can gather its phrase before any image token reads it; the caption loss
-    # stays valid). It runs once per caption, in training and at prefill: ~free next to the
-    # image tokens.
-    text_depth: int = 0
 
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("text_alibi", "text_depth")  # older folders lack them
+    # Options measured as losers (docs/experiments.md) and removed: saved folders hold them
+    # off, at these values, and still load.
+    REMOVED_FIELDS: ClassVar[dict[str, Any]] = {"text_alibi": False, "text_depth": 0}
 
     def __post_init__(self) -> None:
         require(self.text_vocab >= 2, f"text_vocab must be >= 2, got {self.text_vocab}")
@@ -178,7 +171,6 @@ class TransformerConfig:
             f"got {self.image_palette}",
         )
         require(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        require(self.text_depth >= 0, f"text_depth must be >= 0, got {self.text_depth}")
         require(self.heads >= 1, f"heads must be >= 1, got {self.heads}")
         require(
             self.dim >= 1 and self.dim % self.heads == 0,

@@ -57,25 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
     t.add_argument(
-        "--word-dropout",
-        type=float,
-        help="probability of masking each caption word in the model's input (default 0)",
-    )
-    t.add_argument(
-        "--code-dropout",
-        type=float,
-        help="probability of leaving each image code out of the model's input (default 0)",
-    )
-    t.add_argument(
         "--colour-dropout",
         type=float,
         help="probability of leaving each input code's colour factor out (product codebooks; "
         "default 0)",
-    )
-    t.add_argument(
-        "--text-depth",
-        type=int,
-        help="causal blocks over the caption alone before the joint ones (default: the preset's)",
     )
     t.add_argument(
         "--accumulate", type=positive_int, help="batches per optimisation step (default 1)"
@@ -155,8 +140,6 @@ def run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "caption_dropout": args.caption_dropout,
-        "word_dropout": args.word_dropout,
-        "code_dropout": args.code_dropout,
         "colour_dropout": args.colour_dropout,
         "seed": args.seed,
         "accumulate": args.accumulate,
@@ -167,8 +150,6 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
-    if args.text_depth is not None:
-        model_cfg = dataclasses.replace(model_cfg, text_depth=args.text_depth)
     vae = DiscreteVAE.load(vae_dir(args.vae))
     check_recipe(train_cfg, vae)  # before encoding
     if args.tokens:

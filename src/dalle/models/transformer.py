@@ -59,17 +59,6 @@ def attention_mask(
     return torch.where(q >= text_len, image_query, causal)
 
 
-def text_alibi_bias(heads: int, text_len: int, seq_len: int) -> torch.Tensor:
-    """``(heads, seq_len, seq_len)`` additive attention bias: ``-m_h * (q - k)`` where query q
-    and key k are both caption positions (``< text_len``), 0 elsewhere; the slopes
-    ``m_h = 2^(-8 h / heads)``, h = 1 .. heads, are ALiBi's (Press et al. 2022)."""
-    slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)  # (H,)
-    pos = torch.arange(seq_len)
-    distance = (pos[:, None] - pos[None, :]).clamp_min(0).float()  # (T, T), 0 for later keys
-    text = (pos[:, None] < text_len) & (pos[None, :] < text_len)
-    return -slopes[:, None, None] * (distance * text)
-
-
 @dataclass
 class KVCache:
     """Keys and values of every layer, preallocated: ``k``, ``v`` are
@@ -136,15 +125,13 @@ class KVCache:
 def explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(D) + mask) v`` spelled out: ``q`` (B, H, T, D), ``k``, ``v``
-    (B, H, S, D), ``mask`` (T, S) bool or (H, T, S) additive -> (B, H, T, D). What
+    """``softmax(q k^T / sqrt(D)) v`` over the keys ``mask`` allows, spelled out: ``q``
+    (B, H, T, D), ``k``, ``v`` (B, H, S, D), ``mask`` (T, S) bool -> (B, H, T, D). What
     ``scaled_dot_product_attention`` computes (to float rounding), in ops that Inductor fuses
     into one loop per layer, where the fused kernel would stay one opaque call per layer."""
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, S)
-    if mask is not None and mask.dtype == torch.bool:
+    if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask
     return scores.softmax(-1) @ v
 
 
@@ -245,15 +232,10 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         for kind in sorted(set(cfg.attention)):
             mask = attention_mask(kind, cfg.text_len, cfg.image_grid, cfg.conv_kernel)
-            if cfg.text_alibi:  # (heads, T, T) additive: -inf where masked, ALiBi on text
-                mask = text_alibi_bias(cfg.heads, cfg.text_len, len(mask)).masked_fill(
-                    ~mask, float("-inf")
-                )
             self.register_buffer(f"mask_{kind}", mask, persistent=False)
 
     def mask(self, kind: str) -> torch.Tensor:
-        """The ``(seq_len, seq_len)`` bool mask of ``kind``; with ``text_alibi`` the additive
-        ``(heads, seq_len, seq_len)`` float mask (``-inf`` where the bool one is False)."""
+        """The ``(seq_len, seq_len)`` bool mask of ``kind``."""
         return getattr(self, f"mask_{kind}")
 
     def forward(
@@ -277,13 +259,11 @@ class Transformer(nn.Module):
             raise ValueError(f"positions [{start}, {end}) exceed seq_len {self.cfg.seq_len}")
         if cache is not None:
             self._check_cache(cache, b, start, end)
-        # ALiBi biases caption queries only: image queries need no more than the bool mask.
-        plain = not self.cfg.text_alibi or start >= self.cfg.text_len
         for i, layer in enumerate(self.layers):
-            full = layer.kind == "full" and plain
+            full = layer.kind == "full"
             causal = full and start == 0  # the square causal mask: fused kernels skip reading it
             # One new query under full attention sees every key so far: no mask at all.
-            mask = None if full and t == 1 else self.mask(layer.kind)[..., start:end, :end]
+            mask = None if full and t == 1 else self.mask(layer.kind)[start:end, :end]
             x = layer(x, mask, cache, i, start, causal)
         if cache is not None:
             cache.pos = end
@@ -297,7 +277,7 @@ class Transformer(nn.Module):
         the caller's to advance."""
         end = start + x.shape[1]
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.mask(layer.kind)[..., start:end, :end], cache, i, start, False, True)
+            x = layer(x, self.mask(layer.kind)[start:end, :end], cache, i, start, False, True)
         return self.norm(x)
 
     def _check_cache(self, cache: KVCache, batch: int, start: int, end: int) -> None:

@@ -40,33 +40,44 @@ def start_run(
     settings: dict[str, Any],
     resume: bool,
     force: bool,
-    defaults: dict[str, Any] | None = None,
+    configs: dict[str, type] | None = None,
 ) -> Path:
     """Prepare ``out`` (:func:`prepare_run_dir`) and record the run's settings in
     ``out/train_config.json``; a resumed run must have the settings it was started with
-    (``defaults``, nested like ``settings``: see :func:`record_settings`)."""
+    (``configs``: see :func:`record_settings`)."""
     out = Path(out)
     if resume and not out.is_dir():
         raise ValueError(f"nothing to resume: run folder {out} does not exist")
     out = prepare_run_dir(out, force=force or resume)
-    record_settings(out, settings, resume, defaults)
+    record_settings(out, settings, resume, configs)
     return out
 
 
 def record_settings(
-    out: Path, settings: dict[str, Any], resume: bool, defaults: dict[str, Any] | None = None
+    out: Path, settings: dict[str, Any], resume: bool, configs: dict[str, type] | None = None
 ) -> None:
     """Write a run's settings to ``out/train_config.json`` (rank 0 only); when resuming,
-    refuse settings other than those recorded. A setting the recorded file lacks (a field
-    added to the library after the run started) counts as unchanged when it has its value in
-    ``defaults``, the behaviour of the code that started the run."""
+    refuse settings other than those recorded. ``configs`` names the config class whose
+    ``to_dict`` a group of ``settings`` is (``{"train": TransformerTrainConfig}``), so that a
+    run started by older code resumes as it was: a field added to the class since, which the
+    recorded file lacks, counts as unchanged at its default, and a field removed since
+    (the class's ``REMOVED_FIELDS``) is dropped from the recorded file at its off value (on,
+    it is an error: :func:`dalle.config_io.drop_removed`)."""
+    from dalle.config_io import drop_removed, to_dict
     from dalle.io import write_json_atomic
 
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
-    defaults = json.loads(json.dumps(defaults or {}))
+    configs = configs or {}
+    defaults = json.loads(json.dumps({k: to_dict(cls()) for k, cls in configs.items()}))
     recorded = out / "train_config.json"
-    if resume and recorded.is_file() and not _same(json.loads(recorded.read_text()), settings, defaults):
-        raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
+    if resume and recorded.is_file():
+        old = json.loads(recorded.read_text())
+        for group, cls in configs.items():
+            removed = getattr(cls, "REMOVED_FIELDS", {})
+            if isinstance(old, dict) and isinstance(old.get(group), dict):
+                old[group] = drop_removed(old[group], removed, str(recorded), cls.__name__)
+        if not _same(old, settings, defaults):
+            raise ValueError(f"--resume needs the settings {out} was started with (see {recorded})")
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(recorded, settings)

@@ -4,11 +4,10 @@ token, averaged separately over text and image targets and weighted 1/8 and 7/8.
 Text targets are caption tokens 1 .. text_len - 1 (the first token has no predecessor), pads
 included as their per-position ids; image targets are all given image codes. Caption dropout
 (whole captions replaced by pads) trains the unconditional model that classifier-free guidance
-in ``dalle.sampling`` mixes with the conditional one. Word dropout (an option) masks single
-caption words of the model's input while the caption loss still predicts them; code and colour
-dropout (options) leave single image codes, or the colour factor of a product codebook's codes,
-out of the model's input while every code stays a target, so that more of the image is drawn
-from the caption rather than copied from the codes before it.
+in ``dalle.sampler`` mixes with the conditional one. Colour dropout (an option) leaves the
+colour factor of single codes of a product codebook out of the model's input while every code
+stays a target, so that more of the colour is drawn from the caption rather than copied from
+the codes before it.
 
 :func:`fit_transformer` trains a model in place on token batches; :func:`train_transformer` is
 the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) and its run out.
@@ -47,37 +46,28 @@ def dalle_loss(
     text_weight: float = 1 / 8,
     image_weight: float = 7 / 8,
     terms: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
-    text_targets: torch.Tensor | None = None,
-    drop_codes: torch.Tensor | None = None,
     drop_colours: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``text`` (B, text_len), ``image`` (B, n >= 1) codes -> ``(loss, {"text_loss", "image_loss"})``.
 
     ``loss = text_weight * text_loss + image_weight * image_loss``; the metrics are the two
     means in nats, as floats. The last image code is only a target, so the model sees
-    ``image[:, :-1]``. ``text_targets`` (default ``text``) are the captions the text loss
-    predicts when the model's input ``text`` has masked words; ``drop_codes`` and
-    ``drop_colours``, boolean ``(B, n - 1)``, leave input codes or their colour factors out of
-    the model's input (:meth:`DALLE.unchecked_hidden`) while every code stays a target. The
-    inputs are checked here, then ``terms`` (default :func:`loss_terms`; a compiled one in
-    :class:`DalleObjective`) computes the tensors.
+    ``image[:, :-1]``. ``drop_colours``, boolean ``(B, n - 1)``, leaves the colour factors of
+    input codes out of the model's input (:meth:`DALLE.hidden`) while every code stays a
+    target. The inputs are checked here, then ``terms`` (default :func:`loss_terms`; a compiled
+    one in :class:`DalleObjective`) computes the tensors.
     """
     check_loss_inputs(model, text, image, text_weight, image_weight)
-    if text_targets is not None:
-        model.check_text(text_targets)
-    for mask in (drop_codes, drop_colours):
-        if mask is not None and (mask.dtype != torch.bool or mask.shape != image[:, :-1].shape):
-            raise ValueError(
-                f"expected a boolean code mask of shape {tuple(image[:, :-1].shape)}, "
-                f"got {mask.dtype} {tuple(mask.shape)}"
-            )
-    if drop_colours is not None and not model.cfg.image_palette:
+    mask, shape = drop_colours, image[:, :-1].shape
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != shape):
+        raise ValueError(
+            f"expected a boolean code mask of shape {tuple(shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    if mask is not None and not model.cfg.image_palette:
         raise ValueError("colour dropout needs a product codebook (a dVAE with a palette)")
-    targets = text if text_targets is None else text_targets
     terms = loss_terms if terms is None else terms
-    loss, text_loss, image_loss = terms(
-        model, text, image, text_weight, image_weight, targets, drop_codes, drop_colours
-    )
+    loss, text_loss, image_loss = terms(model, text, image, text_weight, image_weight, drop_colours)
     return loss, {"text_loss": text_loss.item(), "image_loss": image_loss.item()}
 
 
@@ -99,8 +89,6 @@ def loss_terms(
     image: torch.Tensor,
     text_weight: float,
     image_weight: float,
-    text_targets: torch.Tensor,
-    drop_codes: torch.Tensor | None = None,
     drop_colours: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`dalle_loss` as tensors ``(loss, text_loss, image_loss)``, unchecked: what the
@@ -108,9 +96,9 @@ def loss_terms(
     cfg = model.cfg
     t = cfg.text_len
     # Each position through the head of the modality it predicts, never the full vocabulary.
-    h = model.unchecked_hidden(text, image[:, :-1], drop_codes, drop_colours)  # (B, t + n - 1, C)
+    h = model.hidden(text, image[:, :-1], drop_colours)  # (B, t + n - 1, C)
     text_logits = model.text_logits(h[:, : t - 1]).float()  # (B, text_len - 1, text_vocab_total)
-    targets = model.text_tokens(text_targets)[:, 1:]
+    targets = model.text_tokens(text)[:, 1:]
     text_loss = F.cross_entropy(text_logits.flatten(0, 1), targets.flatten())
     factors = model.image_factor_logits(h[:, t - 1 :]).float().flatten(0, 1)  # (B * n, F)
     codes = image.long().flatten()
@@ -137,21 +125,10 @@ def caption_dropout(
     return torch.where(drop[:, None], torch.zeros_like(text), text)
 
 
-def word_dropout(
-    text: torch.Tensor, p: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A copy of ``text`` (B, text_len) with each token, with probability ``p``, set to the pad
-    (0), which the model embeds as its position's pad: a masked word whose place is kept."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"word dropout p must be in [0, 1], got {p}")
-    drop = torch.rand(text.shape, generator=generator).to(text.device) < p  # (B, text_len)
-    return text.masked_fill(drop, 0)
-
-
 class DalleObjective(SeededObjective):
     """``(model, (text, codes), step) -> (loss, metrics)`` for :func:`dalle.train.loop.train`;
-    its generator draws caption, word, code and colour dropout, in that order, each only when
-    its option is on. ``compile`` runs :func:`loss_terms` (forward and backward) through
+    its generator draws caption and colour dropout, in that order, each only when its option
+    is on. ``compile`` runs :func:`loss_terms` (forward and backward) through
     ``torch.compile``, compiled at the first step (without a working compiler: one warning,
     then eagerly)."""
 
@@ -171,15 +148,9 @@ class DalleObjective(SeededObjective):
         text, codes = batch
         if self.cfg.caption_dropout:
             text = caption_dropout(text, self.cfg.caption_dropout, self.generator)
-        targets = None  # the captions the text loss predicts: the input's, unless words are masked
-        if self.cfg.word_dropout:
-            text, targets = word_dropout(text, self.cfg.word_dropout, self.generator), text
         weights = self.cfg.text_weight, self.cfg.image_weight
-        return dalle_loss(
-            model, text, codes, *weights, terms=self.terms, text_targets=targets,
-            drop_codes=self._code_mask(codes, self.cfg.code_dropout),
-            drop_colours=self._code_mask(codes, self.cfg.colour_dropout),
-        )  # fmt: skip
+        drop_colours = self._code_mask(codes, self.cfg.colour_dropout)
+        return dalle_loss(model, text, codes, *weights, terms=self.terms, drop_colours=drop_colours)
 
     def _code_mask(self, codes: torch.Tensor, p: float) -> torch.Tensor | None:
         """Which input codes ``codes[:, :-1]`` to leave out, each with probability ``p``; None at 0."""
@@ -264,8 +235,8 @@ def train_transformer(
         tokenizer = train_tokenizer(tokens.captions)
     model = sized_config(model or TRANSFORMER_PRESETS["tiny"], tokenizer, vae)
     settings = {"model": to_dict(model), "train": to_dict(cfg), "rows": len(tokens)}
-    defaults = {"model": to_dict(TransformerConfig()), "train": to_dict(TransformerTrainConfig())}
-    out = start_run(Path(out), settings, run.resume, run.force, defaults)
+    configs = {"model": TransformerConfig, "train": TransformerTrainConfig}
+    out = start_run(Path(out), settings, run.resume, run.force, configs)
     text, _ = tokenizer.encode_batch(tokens.captions, model.text_len)
     torch.manual_seed(cfg.seed)
     transformer = DALLE(model).to(run.device)
