@@ -201,7 +201,7 @@ def test_a_variation_is_reranked_by_similarity_to_its_source(pipeline_dir):
 
 
 def test_best_distinct_takes_each_image_once_before_repeating():
-    from dalle.pipeline import best_distinct
+    from dalle.reranking import best_distinct
 
     images = torch.zeros(5, 3, 2, 2)
     images[1, 0] = 1.0  # images 0, 2 and 4 are one image; 1 and 3 differ from it and each other

@@ -144,7 +144,7 @@ def test_factorised_image_head_and_embedding():
 
 
 def test_pipeline_refuses_a_transformer_that_reads_the_codes_otherwise():
-    from dalle.pipeline import check_compatible
+    from dalle.model_folder import check_compatible
     from dalle.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train(["a red circle", "a blue square"] * 8, vocab_size=300)

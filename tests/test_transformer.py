@@ -107,7 +107,7 @@ def test_cached_logits_equal_full_forward(attention):
     image_full = full[:, cfg.text_len - 1 :, cfg.text_vocab_total :]  # (B, n + 1, image_vocab)
     cache = model.new_cache(2)
     steps = [model.prefill(text, cache)]
-    steps += [model.step(image[:, i], cache) for i in range(cfg.image_len - 1)]
+    steps += [model.step(image[:, i], cache, cfg.text_len + i) for i in range(cfg.image_len - 1)]
     torch.testing.assert_close(torch.stack(steps, 1), image_full[:, :-1], atol=1e-5, rtol=0)
     # a prefill with an image prefix, reusing (rewinding) the same cache
     got = model.prefill(text, cache, image[:, :4])
@@ -206,62 +206,41 @@ def test_loss_matches_hand_computation(palette):
     assert model.head.weight.grad is not None
 
 
-@pytest.mark.parametrize("palette", [0, 3])
-def test_dropped_input_codes_are_their_places_only_and_stay_targets(palette):
-    """Code dropout leaves a code's embedding out, colour dropout a product code's colour
-    factor: the same as zeroing those rows of the table for every code; positions before the
-    first dropped code are untouched (causal), and the objective's image loss is the NLL of
-    every code, dropped ones included, under the masked input drawn from its generator."""
+def test_dropped_colours_are_their_places_only_and_stay_targets():
+    """Colour dropout leaves a product code's colour factor out of its embedding: the same as
+    zeroing the colour rows of the table for every code; positions before the first dropped
+    code are untouched (causal), and the objective's image loss is the NLL of every code,
+    dropped ones included, under the masked input drawn from its generator."""
     from dalle.train.train_config import TransformerTrainConfig
     from dalle.train.transformer_trainer import DalleObjective
 
+    palette = 3  # 4 patterns x 3 colours
     model = model_for(image_palette=palette)
     cfg = model.cfg
     text, image = batch(cfg, n=6)
     codes = image[:, :-1]
     every = torch.ones(codes.shape, dtype=torch.bool)
-    kinds = {"drop_codes": slice(None)}
-    if palette:
-        kinds["drop_colours"] = slice(cfg.image_vocab // palette, None)  # the colour rows
-    for kind, rows in kinds.items():
-        zeroed = copy.deepcopy(model)
-        with torch.no_grad():
-            zeroed.image_emb.weight[rows] = 0.0
-        want = zeroed.unchecked_hidden(text, codes)
-        got = model.unchecked_hidden(text, codes, **{kind: every})
-        torch.testing.assert_close(got, want)
-        one = torch.zeros_like(every)
-        one[:, 2] = True  # the third code: the input at position text_len + 2
-        h = model.unchecked_hidden(text, codes, **{kind: one})
-        plain = model.unchecked_hidden(text, codes)
-        t = cfg.text_len
-        torch.testing.assert_close(h[:, : t + 2], plain[:, : t + 2])
-        assert not torch.allclose(h[:, t + 2], plain[:, t + 2])
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.image_emb.weight[cfg.image_vocab // palette :] = 0.0  # the colour rows
+    torch.testing.assert_close(model.hidden(text, codes, every), zeroed.hidden(text, codes))
+    one = torch.zeros_like(every)
+    one[:, 2] = True  # the third code: the input at position text_len + 2
+    h, plain = model.hidden(text, codes, one), model.hidden(text, codes)
+    t = cfg.text_len
+    torch.testing.assert_close(h[:, : t + 2], plain[:, : t + 2])
+    assert not torch.allclose(h[:, t + 2], plain[:, t + 2])
 
-    field = "colour_dropout" if palette else "code_dropout"
-    recipe = TransformerTrainConfig(caption_dropout=0.0, **{field: 0.5})
+    recipe = TransformerTrainConfig(caption_dropout=0.0, colour_dropout=0.5)
     _, metrics = DalleObjective(recipe, torch.Generator().manual_seed(5))(model, (text, image), 0)
     mask = torch.rand(codes.shape, generator=torch.Generator().manual_seed(5)) < 0.5  # same draw
     assert mask.any() and not mask.all()
-    kind = "drop_colours" if palette else "drop_codes"
-    h = model.unchecked_hidden(text, codes, **{kind: mask})
+    h = model.hidden(text, codes, mask)
     log_p = torch.log_softmax(model.image_logits(h[:, cfg.text_len - 1 :]).double(), -1)
     nll = -log_p.gather(-1, image[..., None]).mean()
     assert math.isclose(metrics["image_loss"], nll.item(), rel_tol=1e-5)
-    _, plain = dalle_loss(model, text, image)
-    assert not math.isclose(metrics["image_loss"], plain["image_loss"], rel_tol=1e-4)
-
-
-def test_the_objective_draws_nothing_for_options_that_are_off():
-    """Runs without code or colour dropout draw what they drew before the options existed."""
-    from dalle.train.train_config import TransformerTrainConfig
-    from dalle.train.transformer_trainer import DalleObjective
-
-    model = model_for(image_palette=3)
-    text, image = batch(model.cfg, n=4)
-    g = torch.Generator().manual_seed(7)
-    DalleObjective(TransformerTrainConfig(caption_dropout=0.0), g)(model, (text, image), 0)
-    assert torch.equal(g.get_state(), torch.Generator().manual_seed(7).get_state())
+    _, plain_metrics = dalle_loss(model, text, image)
+    assert not math.isclose(metrics["image_loss"], plain_metrics["image_loss"], rel_tol=1e-4)
 
 
 def test_colour_dropout_needs_a_product_codebook():
@@ -319,7 +298,6 @@ def test_bad_inputs_raise():
         (lambda: model(text, image + 12), r"image ids in \[0, 12\)"),
         (lambda: model(text, torch.zeros(2, 10, dtype=torch.long)), "n <= 9"),
         (lambda: model(text, image[:1]), r"shape \(2, n <= 9\)"),
-        (lambda: model.step(image[:, 0], model.new_cache(2)), "after prefill"),
         (lambda: model.prefill(text, model.new_cache(3)), "cache of"),
         (lambda: attention_mask("diagonal", 2, 3), "attention kind"),
     ]

@@ -1,15 +1,6 @@
 """Prompts in, images out: the tokenizer, the dVAE and the transformer behind one call.
 
-A saved pipeline is a folder::
-
-    model_dir/
-      tokenizer.json
-      vae/          config.json + model.safetensors  (dalle.models.vae.DiscreteVAE)
-      transformer/  config.json + model.safetensors  (dalle.models.dalle_transformer.DALLE)
-      clip/         config.json + model.safetensors  (dalle.models.clip.CLIP; optional)
-      examples.json captions of the training data, to suggest as prompts (optional)
-      generation.json  the default Sampler (optional: without it, plain sampling)
-
+A saved pipeline is a folder (its layout: ``dalle.model_folder``).
 Each part loads with strict checks; a missing or mismatched part is a one-line ``ValueError``.
 A call samples with the folder's defaults (``pipe.sampler``), any field overridden per call.
 With ``clip/``, a call may rerank (Ramesh et al. 2021, Sec. 2.5): draw ``rerank`` candidates
@@ -28,7 +19,6 @@ later calls take faster steps; without a working compiler, one warning and the e
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from collections.abc import Callable
@@ -42,19 +32,25 @@ from PIL import Image
 from dalle.config import load_config, to_dict
 from dalle.images import ImageInput, prepare_image, tensor_to_image
 from dalle.io import write_json_atomic
+from dalle.model_folder import (
+    CLIP_DIR,
+    EXAMPLES_FILE,
+    GENERATION_FILE,
+    REQUIRED,
+    TOKENIZER_FILE,
+    TRANSFORMER_DIR,
+    VAE_DIR,
+    check_compatible,
+    read_examples,
+)
 from dalle.models.clip import CLIP
 from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
+from dalle.reranking import Reranker, best_distinct
 from dalle.sampler import Sampler, compiled_step
 from dalle.sampler_settings import SettingError
 from dalle.tokenizer import Tokenizer
 
-TOKENIZER_FILE = "tokenizer.json"
-VAE_DIR = "vae"
-TRANSFORMER_DIR = "transformer"
-CLIP_DIR = "clip"
-EXAMPLES_FILE = "examples.json"
-GENERATION_FILE = "generation.json"
 MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
 DEFAULT_KEEP = 0.5  # with an image and no keep_rows: its top half
 
@@ -103,7 +99,7 @@ class DallePipeline:
         if not directory.is_dir():
             what = "is a file" if directory.exists() else "does not exist"
             raise ValueError(f"model folder {directory} {what} (expected a folder)")
-        for part in (TOKENIZER_FILE, VAE_DIR, TRANSFORMER_DIR):
+        for part in REQUIRED:
             if not (directory / part).exists():
                 raise ValueError(
                     f"{directory} is not a dalle model folder: missing {part} "
@@ -114,7 +110,7 @@ class DallePipeline:
         transformer = DALLE.load(directory / TRANSFORMER_DIR).to(device)
         has_clip = (directory / CLIP_DIR).exists()
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
-        pipe = cls(tokenizer, vae, transformer, clip, _read_examples(directory / EXAMPLES_FILE))
+        pipe = cls(tokenizer, vae, transformer, clip, read_examples(directory / EXAMPLES_FILE))
         pipe.compile = compile
         pipe.sampler = _read_sampler(directory / GENERATION_FILE, pipe)
         return pipe
@@ -272,32 +268,17 @@ class DallePipeline:
         """Codes ``(N, h*w)`` -> images ``(N, C, H, W)`` in [0, 1] on the CPU."""
         return torch.cat([self.vae.decode(c).cpu() for c in codes.split(batch_size)])
 
-    @torch.no_grad()
+    @property
+    def reranker(self) -> Reranker:
+        """CLIP's scores of candidates (:class:`~dalle.reranking.Reranker`); a ``ValueError``
+        without a CLIP model."""
+        if self.clip is None:
+            raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
+        return Reranker(self.clip, self.tokenizer)
+
     def score(self, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         """CLIP cosine similarity ``(N,)`` of each prompt with its image ``(N, C, H, W)``."""
-        if self.clip is None:
-            raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
-        if len(prompts) != len(images):
-            raise ValueError(f"expected one prompt per image, got {len(prompts)} and {len(images)}")
-        distinct = list(dict.fromkeys(prompts))  # reranking repeats each prompt per candidate
-        text, _ = self.tokenizer.encode_batch(distinct, self.clip.cfg.text_len)
-        dev = self.clip.device
-        t = self.clip.encode_text(text.to(dev))  # (distinct, D)
-        row = torch.tensor([distinct.index(p) for p in prompts], device=dev)
-        return (t[row] * self._embed_images(images)).sum(-1).cpu()
-
-    @torch.no_grad()
-    def score_images(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """CLIP cosine similarity ``(N,)`` of each image ``(N, C, H, W)`` with one reference
-        image ``(1, C, H, W)`` (how a variation is reranked: closest to its source)."""
-        if self.clip is None:
-            raise ValueError(f"scoring images needs a CLIP model: this pipeline has no {CLIP_DIR}/")
-        return (self._embed_images(images) @ self._embed_images(reference).T)[:, 0].cpu()
-
-    def _embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` -> CLIP unit vectors ``(N, D)`` on CLIP's device."""
-        dev = self.clip.device
-        return torch.cat([self.clip.encode_image(x.to(dev)) for x in images.split(256)])
+        return self.reranker.score(prompts, images)
 
     def sampler_for(self, sampler: Sampler | None = None, **overrides: Any) -> Sampler:
         """The sampler a call uses: ``sampler`` (default: :attr:`sampler`, the model's) with the
@@ -361,7 +342,8 @@ class DallePipeline:
         if s.rerank is None:
             out.images = [tensor_to_image(x) for x in images]
             return out
-        scores = self._rerank_scores(prompts, draws, images, pixels)
+        per_draw = [p for p in prompts for _ in range(draws)]
+        scores = self.reranker.candidates(per_draw, images, pixels)
         keep = [
             j * draws + i
             for j in range(len(prompts))
@@ -371,38 +353,6 @@ class DallePipeline:
         ]
         out.images, out.scores = [tensor_to_image(images[i]) for i in keep], scores[keep].tolist()
         return out
-
-    def _rerank_scores(
-        self, prompts: list[str], draws: int, images: torch.Tensor, source: torch.Tensor | None
-    ) -> torch.Tensor:
-        """CLIP scores ``(P * draws,)`` of the candidates: similarity to their prompt, or for an
-        empty prompt (a variation) to the ``source`` picture ``(1, C, H, W)``."""
-        per_draw = [p for p in prompts for _ in range(draws)]
-        scores = torch.empty(len(per_draw))
-        captioned = [i for i, p in enumerate(per_draw) if p.strip()]
-        if captioned:
-            scores[captioned] = self.score([per_draw[i] for i in captioned], images[captioned])
-        empty = [i for i, p in enumerate(per_draw) if not p.strip()]
-        if empty:  # only with a source: empty prompts are refused without an image
-            scores[empty] = self.score_images(source, images[empty])
-        return scores
-
-
-def best_distinct(scores: torch.Tensor, images: torch.Tensor, k: int) -> list[int]:
-    """Indices of the ``k`` best of ``scores`` (N,), best first, taking each distinct image of
-    ``images`` (N, C, H, W) in [0, 1] once: a low temperature often draws one image many times
-    (and a product codebook can draw one image with different codes), and a caller asking
-    for k images wants k different ones. Repeats fill in only when fewer than k differ."""
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    pixels = (images * 255).round().to(torch.uint8).cpu()
-    seen: set[bytes] = set()
-    first, again = [], []
-    for i in order:
-        key = pixels[i].numpy().tobytes()
-        (again if key in seen else first).append(i)
-        seen.add(key)
-    chosen = set((first + again)[:k])
-    return [i for i in order if i in chosen]
 
 
 def _chunk_progress(
@@ -416,42 +366,6 @@ def _chunk_progress(
     return step
 
 
-def check_compatible(
-    tokenizer: Tokenizer, vae: DiscreteVAE, transformer: DALLE, clip: CLIP | None = None
-) -> None:
-    """ValueError unless the parts agree on vocabularies, the code grid and the image size."""
-    cfg = transformer.cfg
-    if tokenizer.vocab_size != cfg.text_vocab:
-        raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} ids but the transformer expects "
-            f"text_vocab={cfg.text_vocab}: the parts come from different runs"
-        )
-    if vae.cfg.vocab_size != cfg.image_vocab or vae.cfg.grid_size != cfg.image_grid:
-        raise ValueError(
-            f"the dVAE makes a {vae.cfg.grid_size}x{vae.cfg.grid_size} grid of {vae.cfg.vocab_size} "
-            f"codes but the transformer expects {cfg.image_grid}x{cfg.image_grid} of "
-            f"{cfg.image_vocab}: the parts come from different runs"
-        )
-    if vae.cfg.palette != cfg.image_palette:
-        raise ValueError(
-            f"the dVAE's codes are {vae.cfg.patterns or vae.cfg.vocab_size} patterns x "
-            f"{vae.cfg.palette or 1} colours but the transformer reads them with image_palette="
-            f"{cfg.image_palette}: the parts come from different runs"
-        )
-    if clip is not None:
-        c = clip.cfg
-        if tokenizer.vocab_size != c.text_vocab:
-            raise ValueError(
-                f"tokenizer has {tokenizer.vocab_size} ids but CLIP expects text_vocab="
-                f"{c.text_vocab}: train CLIP with this model's tokenizer (dalle train-clip --model)"
-            )
-        if (c.image_size, c.channels) != (vae.cfg.image_size, vae.cfg.channels):
-            raise ValueError(
-                f"CLIP reads {c.channels}x{c.image_size}x{c.image_size} images but the dVAE draws "
-                f"{vae.cfg.channels}x{vae.cfg.image_size}x{vae.cfg.image_size}"
-            )
-
-
 def _read_sampler(path: Path, pipe: DallePipeline) -> Sampler:
     """The sampling defaults of a ``generation.json`` (plain sampling without one), checked
     against the pipeline they will drive."""
@@ -461,17 +375,3 @@ def _read_sampler(path: Path, pipe: DallePipeline) -> Sampler:
         return pipe.sampler_for(load_config(Sampler, path))
     except SettingError as e:
         raise ValueError(f"{path}: {e} (remove {e.name} from the file)") from None
-
-
-def _read_examples(path: Path) -> list[str]:
-    """The prompts of an ``examples.json`` (none when the folder has no such file)."""
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    prompts = data.get("prompts") if isinstance(data, dict) else None
-    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f'{path}: expected {{"prompts": [non-empty strings]}}')
-    return prompts

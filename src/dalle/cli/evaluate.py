@@ -93,7 +93,7 @@ def run_vae(args: argparse.Namespace) -> int:
 
 def clip_dir(path: Path) -> Path:
     """The folder holding ``tokenizer.json`` and ``clip/``: ``path`` itself or its ``model/``."""
-    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
+    from dalle.model_folder import CLIP_DIR, TOKENIZER_FILE
 
     for candidate in (path, path / "model"):
         has_clip = (candidate / CLIP_DIR / "config.json").is_file()
@@ -106,8 +106,8 @@ def clip_dir(path: Path) -> Path:
 
 def run_clip(args: argparse.Namespace) -> int:
     from dalle.eval.retrieval import shapes_retrieval
+    from dalle.model_folder import CLIP_DIR, TOKENIZER_FILE
     from dalle.models.clip import CLIP
-    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
     from dalle.tokenizer import Tokenizer
 
     folder = clip_dir(args.model)

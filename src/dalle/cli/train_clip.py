@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_tokenizer(args: argparse.Namespace, data):
     """The tokenizer of ``--tokenizer``, else of ``--model``, else one trained on the captions."""
-    from dalle.pipeline import TOKENIZER_FILE
+    from dalle.model_folder import TOKENIZER_FILE
     from dalle.tokenizer import Tokenizer
     from dalle.train import train_tokenizer
 
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from dalle.data import ShapesData, open_data
     from dalle.eval.retrieval import shapes_retrieval
     from dalle.io import write_json_atomic
-    from dalle.pipeline import CLIP_DIR, DallePipeline, check_compatible
+    from dalle.model_folder import CLIP_DIR, check_compatible
+    from dalle.pipeline import DallePipeline
     from dalle.train import CLIPTrainConfig, distributed, train_clip
 
     if args.model is not None and args.tokenizer is not None:

@@ -125,7 +125,7 @@ def train_clip(
     ``data``, with the dataset's positives rule. Writes ``out/model/`` (tokenizer.json +
     clip/), ``out/metrics.jsonl`` and ``out/train_config.json``. Resume is exact for
     generated data; a folder's choice among several captions per image is not replayed."""
-    from dalle.pipeline import CLIP_DIR, TOKENIZER_FILE
+    from dalle.model_folder import CLIP_DIR, TOKENIZER_FILE
 
     model = replace(model or CLIP_PRESETS["tiny"], text_vocab=tokenizer.vocab_size)
     settings = {"model": to_dict(model), "train": to_dict(cfg), "data": data.describe()}
