@@ -19,7 +19,6 @@ later calls take faster steps; without a working compiler, one warning and the e
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dalle.completion import repeat_prime, rows_kept
 from dalle.config import load_config, to_dict
 from dalle.images import ImageInput, prepare_image, tensor_to_image
 from dalle.io import write_json_atomic
@@ -52,7 +52,6 @@ from dalle.sampler_settings import SettingError
 from dalle.tokenizer import Tokenizer
 
 MAX_CANDIDATES = 65_536  # images sampled in one call: all their codes and pixels stay in memory
-DEFAULT_KEEP = 0.5  # with an image and no keep_rows: its top half
 
 
 @dataclass
@@ -157,29 +156,9 @@ class DallePipeline:
         return text
 
     def rows_kept(self, keep_rows: int | float | None = None, image: bool = True) -> int | None:
-        """The code rows to keep of an image: ``keep_rows`` rows (an int, 0 to the grid side),
-        or a fraction of the image height (a float in [0, 1], rounded to the nearest row, halves
-        up: 0.5 of 5 rows keeps 3); ``None`` keeps :data:`DEFAULT_KEEP` of it. Without an
-        ``image`` nothing is kept (``None``). A bad value is a :class:`SettingError` naming
-        ``keep_rows``: the one check of this rule, for the call, the CLI and the server."""
-        if not image:
-            if keep_rows is not None:
-                raise SettingError(
-                    "keep_rows", f"needs an image to keep the rows of, got {keep_rows!r}"
-                )
-            return None
-        g = self.vae.cfg.grid_size
-        k = DEFAULT_KEEP if keep_rows is None else keep_rows
-        if isinstance(k, bool) or not isinstance(k, numbers.Real):
-            pass
-        elif isinstance(k, numbers.Integral) and 0 <= k <= g:
-            return int(k)
-        elif not isinstance(k, numbers.Integral) and math.isfinite(k) and 0 <= k <= 1:
-            return math.floor(k * g + 0.5)
-        raise SettingError(
-            "keep_rows", f"must be 0..{g} code rows (an int) or a fraction of the image height in "
-            f"[0, 1] (a float), got {keep_rows!r}",
-        )  # fmt: skip
+        """The code rows of an image a call keeps (see :func:`dalle.completion.rows_kept`): the
+        one check of ``keep_rows``, for the call, the CLI and the server."""
+        return rows_kept(keep_rows, self.vae.cfg.grid_size, image)
 
     def tokens_to_sample(self, keep_rows: int | None) -> int:
         """Image tokens one image samples when ``keep_rows`` code rows are kept (``None``: none)."""
@@ -227,7 +206,9 @@ class DallePipeline:
                 f"{len(text) * num_images}; expected at most {MAX_CANDIDATES} per call"
             )
         text = text.repeat_interleave(num_images, dim=0)  # (P * num_images, text_len)
-        kept = self._repeat_prime(prime, len(prompts), num_images)  # (P * num_images, r * grid)
+        kept = repeat_prime(
+            prime, len(prompts), num_images, self.device
+        )  # (P * num_images, r * grid)
         generator = torch.Generator(self.device).manual_seed(seed)
         chunks: list[torch.Tensor] = []
         for t in text.split(batch_size):
@@ -245,23 +226,6 @@ class DallePipeline:
             )
             chunks.append(codes)  # (rows, h*w)
         return torch.cat(chunks)
-
-    def _repeat_prime(
-        self, prime: torch.Tensor | None, prompts: int, num_images: int
-    ) -> torch.Tensor | None:
-        """``prime`` (1 or P, k) -> one row per image ``(P * num_images, k)`` on the model's
-        device; ``None`` when nothing is kept (so that zero rows sample exactly as no prime)."""
-        if prime is None:
-            return None
-        if prime.ndim != 2 or prime.shape[0] not in (1, prompts):
-            raise ValueError(
-                f"expected prime codes of shape (1 or {prompts}, r * grid): one row for all "
-                f"prompts or one per prompt, got {tuple(prime.shape)}"
-            )
-        if prime.shape[1] == 0:
-            return None
-        prime = prime.expand(prompts, -1) if prime.shape[0] == 1 else prime
-        return prime.repeat_interleave(num_images, dim=0).to(self.device)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
