@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from dalle.config import CLIPConfig
 from dalle.images import check_images
 from dalle.models.checks import check_ids
-from dalle.models.saving import load_component, save_component
+from dalle.models.saving import Saved
 from dalle.models.transformer import Block
 
 if TYPE_CHECKING:
@@ -107,8 +106,10 @@ class ViTTower(nn.Module):
         return self.proj(self.norm(x[:, 0]))
 
 
-class CLIP(nn.Module):
+class CLIP(Saved):
     """``encode_text``, ``encode_image`` (unit vectors) and ``similarity`` (their cosines)."""
+
+    config_class = CLIPConfig
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -116,15 +117,6 @@ class CLIP(nn.Module):
         self.text = TextTower(cfg)
         self.image = ConvTower(cfg) if cfg.image_tower == "conv" else ViTTower(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        save_component(Path(directory), self, self.cfg)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> CLIP:
-        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
-        return load_component(Path(directory), CLIPConfig, cls)
 
     @property
     def device(self) -> torch.device:

@@ -18,7 +18,6 @@ sums are the code logits, so the model can emit a colour-pattern pair it never s
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +26,14 @@ from torch import nn
 from dalle.config import TransformerConfig
 from dalle.models.checks import check_ids
 from dalle.models.codebook import product_logits, split_codes
-from dalle.models.saving import load_component, save_component
+from dalle.models.saving import Saved
 from dalle.models.transformer import KVCache, Transformer
 
 
-class DALLE(nn.Module):
+class DALLE(Saved):
     """``(text, image codes) -> logits``; see the module docstring for the token layout."""
+
+    config_class = TransformerConfig
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -56,17 +57,6 @@ class DALLE(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
-
-    # ----- save / load -----
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        save_component(Path(directory), self, self.cfg)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> DALLE:
-        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
-        return load_component(Path(directory), TransformerConfig, cls)
 
     def new_cache(
         self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | None = None

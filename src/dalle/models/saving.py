@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -88,3 +88,23 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+S = TypeVar("S", bound="Saved")
+
+
+class Saved(torch.nn.Module):
+    """A component that saves as a folder: ``cfg`` (of type ``config_class``) as
+    ``config.json``, its weights as ``model.safetensors``. Each model class names its config."""
+
+    config_class: ClassVar[type]
+    cfg: Any
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+        save_component(Path(directory), self, self.cfg)
+
+    @classmethod
+    def load(cls: type[S], directory: str | Path) -> S:
+        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
+        return load_component(Path(directory), cls.config_class, cls)

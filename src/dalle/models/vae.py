@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from dalle.config import VAEConfig
 from dalle.images import check_images
 from dalle.models.checks import check_ids
 from dalle.models.codebook import code_marginals, product_logits, split_codes
-from dalle.models.saving import load_component, save_component
+from dalle.models.saving import Saved
 
 LOGIT_LAPLACE_EPS = 0.1
 
@@ -239,8 +238,10 @@ class Decoder(nn.Module):
         return torch.cat([mu, x[:, 1:].expand_as(mu)], dim=1)  # (B, 2C, H, W)
 
 
-class DiscreteVAE(nn.Module):
+class DiscreteVAE(Saved):
     """Images ``(B, C, H, W)`` in [0, 1] <-> codes ``(B, h*w)`` in ``[0, K)``."""
+
+    config_class = VAEConfig
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -249,15 +250,6 @@ class DiscreteVAE(nn.Module):
         self.decoder = Decoder(cfg)
         # NHWC convolutions are 1.3-2x faster on CPU (oneDNN) for these narrow layers.
         self.to(memory_format=torch.channels_last)
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        save_component(Path(directory), self, self.cfg)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> DiscreteVAE:
-        """Load a folder written by :meth:`save` (strict key and shape checks), in eval mode."""
-        return load_component(Path(directory), VAEConfig, cls)
 
     @property
     def device(self) -> torch.device:
