@@ -5,6 +5,7 @@ a guidance rule is a subclass, and the settings validate (once) and override fie
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def test_bad_inputs_raise(model, text):
 
 
 def test_sampling_config_validates_each_field_in_one_line():
-    assert dataclasses.astuple(Sampler()) == (1.0, None, None, None, 1.0, None)  # plain sampling
+    assert dataclasses.astuple(Sampler()) == (1.0, None, None, None, None, 1.0, None)  # plain
     cases = [
         (dict(temperature=0), "temperature must be a finite number > 0, got 0"),
         (dict(temperature=float("inf")), "temperature must be"),
@@ -155,6 +156,7 @@ def test_sampling_config_validates_each_field_in_one_line():
         (dict(cond_scale=float("nan")), "cond_scale must be finite, got nan"),
         (dict(cond_scale=None), "cond_scale must be finite"),
         (dict(min_p=0.0), r"min_p must be in \(0, 1\], got 0.0"),
+        (dict(typical_p=1.5), r"typical_p must be in \(0, 1\], got 1.5"),
         (dict(rerank=0), "rerank must be an integer >= 1, got 0"),
         (dict(rerank=2.0), "rerank must be"),
     ]
@@ -168,8 +170,8 @@ def test_sampling_config_validates_each_field_in_one_line():
 
 def test_sampling_config_overrides_single_fields():
     base = Sampler(temperature=0.5, top_k=8, cond_scale=2.0)
-    assert base.override(temperature=0.7) == Sampler(0.7, 8, None, None, 2.0, None)
-    assert base.override(top_k=None) == Sampler(0.5, None, None, None, 2.0, None)  # off
+    assert base.override(temperature=0.7) == Sampler(0.7, 8, None, None, None, 2.0, None)
+    assert base.override(top_k=None) == Sampler(0.5, None, None, None, None, 2.0, None)  # off
     assert base.override() == base
     with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['temprature'\]"):
         base.override(temprature=0.7)
@@ -221,4 +223,21 @@ def test_a_guidance_rule_is_a_subclass(model, text):
 
 def test_describe_names_every_setting():
     line = Sampler(temperature=0.5, top_k=8, cond_scale=2.0).describe()
-    assert line == "temperature 0.5, top-k 8, top-p off, min-p off, guidance 2, rerank off"
+    assert (
+        line
+        == "temperature 0.5, top-k 8, top-p off, min-p off, typical-p off, guidance 2, rerank off"
+    )
+
+
+def test_typical_p_keeps_the_codes_nearest_the_entropy():
+    probs = [0.5, 0.3, 0.15, 0.05]
+    entropy = -sum(p * math.log(p) for p in probs)  # 1.142 nats
+    nearest = sorted(range(4), key=lambda i: abs(-math.log(probs[i]) - entropy))
+    assert nearest == [1, 0, 2, 3]  # the 0.3 code is the most typical, not the likeliest
+    logits = torch.tensor(probs).log().expand(4000, 4)
+    for mass, kept in [(0.2, {1}), (0.5, {0, 1}), (0.85, {0, 1, 2}), (1.0, {0, 1, 2, 3})]:
+        got = torch.isfinite(Sampler(typical_p=mass).filter(logits[:1]))[0].nonzero().flatten()
+        assert set(got.tolist()) == kept, mass
+        assert set(Sampler(typical_p=mass).draw(logits, gen()).tolist()) == kept
+    after_top_k = Sampler(top_k=2, typical_p=0.5).filter(logits[:1])  # on what top-k left
+    assert torch.isfinite(after_top_k)[0].tolist() == [True, False, False, False]

@@ -3,7 +3,7 @@ Sec. 2.2 and 2.3), in one typed object.
 
 A :class:`Sampler` holds every sampling setting (declared, with their checks, in
 ``dalle.sampler_settings``) and draws codes with them, one at a time in raster order, from
-``softmax(logits / temperature)`` after optional top-k, nucleus (top-p) and min-p filtering.
+``softmax(logits / temperature)`` after optional top-k, nucleus (top-p), locally typical and min-p filtering.
 Classifier-free guidance (Ho & Salimans 2021, a later addition to DALL-E-style samplers) runs
 the conditional rows and all-pad rows in one batch and mixes their logits ``uncond +
 cond_scale * (cond - uncond)``; a new guidance rule is a subclass that overrides
@@ -30,7 +30,15 @@ from dalle.models.dalle_transformer import DALLE
 from dalle.models.transformer import KVCache
 from dalle.sampler_settings import SamplerSettings, SettingError
 
-__all__ = ["Sampler", "SettingError", "compiled_step", "guide", "top_k_filter", "top_p_filter"]
+__all__ = [
+    "Sampler",
+    "SettingError",
+    "compiled_step",
+    "guide",
+    "top_k_filter",
+    "top_p_filter",
+    "typical_filter",
+]
 
 
 class Sampler(SamplerSettings):
@@ -63,6 +71,8 @@ class Sampler(SamplerSettings):
             logits = top_k_filter(logits, self.top_k)
         if self.top_p is not None:
             logits = top_p_filter(logits, self.top_p)
+        if self.typical_p is not None:
+            logits = typical_filter(logits, self.typical_p)
         if self.min_p is not None:  # p / p_max >= min_p, with the best logit at 0
             logits = logits.masked_fill(logits < math.log(self.min_p), float("-inf"))
         return logits
@@ -188,11 +198,26 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """A copy of ``logits`` (..., V) keeping, per row, the most likely tokens whose probability
     first reaches ``p`` (nucleus sampling); the top token is always kept, ``p = 1`` keeps all."""
+    return _keep_mass(logits, p, logits)
+
+
+def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """A copy of ``logits`` (..., V) keeping, per row, the tokens whose surprisal ``-log p`` is
+    nearest the row's entropy, nearest first, until their probability reaches ``mass``
+    (locally typical sampling, Meister et al. 2023, Sec. 4); the nearest is always kept."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp).nan_to_num(nan=0.0).sum(-1, keepdim=True)  # (..., 1)
+    return _keep_mass(logits, mass, -(entropy + logp).abs())  # -|(-log p) - H|: higher first
+
+
+def _keep_mass(logits: torch.Tensor, p: float, score: torch.Tensor) -> torch.Tensor:
+    """A copy of ``logits`` keeping, per row, the tokens of highest ``score`` whose probability
+    first reaches ``p`` (the best-scored token always kept; ``p = 1`` keeps all)."""
     if p == 1.0:
         return logits.clone()
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = F.softmax(sorted_logits.float(), dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # probability of the better tokens
+    order = score.sort(dim=-1, descending=True).indices
+    probs = F.softmax(logits.gather(-1, order).float(), dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the better-scored tokens
     drop_sorted = mass_before >= p
     drop_sorted[..., 0] = False
     drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)

@@ -67,6 +67,10 @@ class SamplerSettings:
         None, "probability", "min-p",
         "keep the codes at least this fraction as likely as the likeliest (Nguyen et al. 2024)",
     )  # fmt: skip
+    typical_p: float | None = setting(
+        None, "probability", "typical-p",
+        "locally typical sampling: the codes nearest the entropy holding this mass (Meister et al. 2023)",
+    )  # fmt: skip
     cond_scale: float = setting(
         1.0, "finite", "guidance", "classifier-free guidance scale, 1 = off"
     )
@@ -74,7 +78,10 @@ class SamplerSettings:
         None, "count", "rerank", "draw N candidates per image and keep the best by CLIP"
     )
 
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("min_p",)  # older generation.json files lack them
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "min_p",
+        "typical_p",
+    )  # older generation.json files lack them
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
