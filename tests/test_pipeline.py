@@ -314,9 +314,11 @@ def test_demo_runs_end_to_end_in_a_small_budget(tmp_path, monkeypatch):
     small = TransformerConfig(dim=32, depth=2, heads=2, attention=("full", "full"))
     monkeypatch.setitem(TRANSFORMER_PRESETS, "tiny", small)
     monkeypatch.setattr(demo, "PROMPTS", ("a red circle", "a large green triangle"))
+    monkeypatch.setattr(demo, "bf16_pays_off", lambda: False)  # as on a CPU without bf16
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["transformer"]["precision"] == "fp32" and report["transformer"]["compiled"]
     assert set(report["timings"]) >= {"vae_s", "encode_s", "transformer_s", "clip_s", "generate_s"}
     for key in ("fidelity", "fidelity_without_rerank"):
         assert report[key]["n"] == 8 and 0 <= report[key]["overall"] <= 1

@@ -208,3 +208,14 @@ def test_steps_for_budget_times_the_trainers_step_and_charges_its_own_seconds():
     steps_for_budget(model, bf16, itertools.cycle(_batches(4, 8)), 1.0, optim, probe=2, warmup=1)
     assert bf16.dtypes == [torch.bfloat16] * 3
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+
+
+def test_bf16_pays_off_answers_from_a_quick_timing():
+    import time
+
+    from dalle.train.budget import bf16_pays_off
+
+    t0 = time.perf_counter()
+    answer = bf16_pays_off()
+    assert isinstance(answer, bool) and time.perf_counter() - t0 < 10
+

@@ -38,7 +38,12 @@ from dalle.train import (
     train_transformer,
     train_vae,
 )
-from dalle.train.budget import clip_steps_within, transformer_steps_within, vae_steps_within
+from dalle.train.budget import (
+    bf16_pays_off,
+    clip_steps_within,
+    transformer_steps_within,
+    vae_steps_within,
+)
 
 # Shares of the budget; the transformer gets what the others leave.
 # The dVAE's steps get VAE_SHARE of the budget, at most VAE_MAX_S; its k-means codebook, data
@@ -69,9 +74,9 @@ SAMPLING_CANDIDATES = (
 TUNING_SEED = 2_718_281
 TUNING_CAPTIONS = 16
 TUNING_IMAGES = 1
-# How the transformer trains: TRANSFORMER_PRECISION autocast, its step compiled when COMPILE
+# How the transformer trains: under bf16 autocast where this machine's bf16 matmuls are faster
+# than fp32 ones (dalle.train.budget.bf16_pays_off; else fp32), its step compiled when COMPILE
 # (the step-time probe times that step and charges the compile; see dalle.train.budget).
-TRANSFORMER_PRECISION = "bf16"
 COMPILE = True
 # Each input code's colour factor left out with this probability in training (a product
 # codebook's; every code stays a target): in a 10-minute demo the colour errors of two-object
@@ -139,8 +144,9 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
     seconds = 0.95 * (budget - clock.elapsed() - after)
     print(f"[3/6] transformer: {seconds:.0f} s", flush=True)
     colour_dropout = COLOUR_DROPOUT if vae.cfg.palette else 0.0
+    precision = "bf16" if bf16_pays_off() else "fp32"
     train_cfg = TransformerTrainConfig(
-        seed=seed, precision=TRANSFORMER_PRECISION, colour_dropout=colour_dropout
+        seed=seed, precision=precision, colour_dropout=colour_dropout
     )
     steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg, compile=COMPILE)
     train_cfg = dataclasses.replace(train_cfg, steps=steps)
