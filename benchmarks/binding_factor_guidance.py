@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, "benchmarks")
-from binding_guidance import evaluate, guided_sampler  # noqa: E402
+from binding_guidance import evaluate, guided_sampler
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     if not palette:
         raise SystemExit(f"{model_dir}: a flat codebook has no colour factor")
 
-    def rows(text, seeded):
+    def rows(text, g):
         return [text, torch.zeros_like(text)]
 
     def mix(groups):

@@ -13,7 +13,7 @@ how many colour / shape errors are another phrase's: bound to the wrong object).
 
 With ``--rerank R`` it asks ``dalle generate`` for ``samples * R`` images with ``--rerank 1``:
 exactly the candidates that ``--rerank R`` draws, all written, best first by CLIP. It replays
-the pipeline's choice of the best ``samples`` distinct ones (``dalle.pipeline.best_distinct``),
+the pipeline's choice of the best ``samples`` distinct ones (``dalle.reranking.best_distinct``),
 scores those as the shown images, and reports the candidates beside them: oracle over all
 candidates against CLIP's first pick, so a generator miss (no candidate right) and a
 reranker miss (a right candidate that CLIP did not put first) are told apart; and
@@ -70,7 +70,7 @@ def clip_picks(images: list[Any], k: int) -> tuple[int, ...]:
     import torch
 
     from dalle.images import image_to_tensor
-    from dalle.pipeline import best_distinct
+    from dalle.reranking import best_distinct
 
     rank = torch.arange(len(images), 0, -1, dtype=torch.float32)  # the manifest's order
     return tuple(best_distinct(rank, torch.stack([image_to_tensor(x) for x in images]), k))

@@ -70,7 +70,7 @@ def main() -> int:
     from dalle.eval.retrieval import retrieval
     from dalle.images import image_to_tensor, load_image
     from dalle.outputs import write_generation
-    from dalle.sampling import SamplingConfig
+    from dalle.sampler import Sampler
     from dalle.train import (
         CLIPTrainConfig,
         RunConfig,
@@ -140,7 +140,7 @@ def main() -> int:
     pipe.clip = train_clip(data, tokenizer, runs / "clip", clip_train, clip_cfg, run).model
     clip_report = retrieval(pipe.clip, tokenizer, held_images, held_captions)
     lap("clip_s")
-    pipe.sampling = SamplingConfig(**SAMPLING)  # the model's defaults (generation.json)
+    pipe.sampler = Sampler(**SAMPLING)  # the model's defaults (generation.json)
     pipe.save_pretrained(args.work / "model")
 
     # Seen captions: base emoji (no skin tone) drawn at random; held out: (emoji, tone) pairs.

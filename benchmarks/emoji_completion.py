@@ -92,7 +92,7 @@ def main() -> int:
             "median_rank": sorted(ranks)[len(ranks) // 2],
         }
     print(f"{len(pick)} seen emoji x {n}; references: {len(stems)} training pictures; "
-          f"sampling: {pipe.sampling.describe()}")  # fmt: skip
+          f"sampling: {pipe.sampler.describe()}")  # fmt: skip
     print(f"{'':40s} {'top-1':>7s} {'top-5':>7s} {'median rank':>12s}")
     for name, r in rows_out.items():
         print(f"{name:40s} {100 * r['top1']:6.1f}% {100 * r['top5']:6.1f}% {r['median_rank']:12d}")
@@ -111,7 +111,7 @@ def main() -> int:
         "samples_per_prompt": n,
         "keep_rows": rows,
         "kept_px": cut,
-        "sampling": pipe.sampling.describe(),
+        "sampling": pipe.sampler.describe(),
         "completion_wall_s": round(completion_s, 1),
         "results": rows_out,
     }

@@ -51,7 +51,7 @@ DIFFERENCES = {
     " position, masked (neither count includes the text rows); in sampling ours only the 512"
     " image logits of the newest position, theirs all 1040 (at every position of the prefix on"
     " its default path)",
-    "sampling": "ours a preallocated KV cache (sample_codes, full softmax; with --compile"
+    "sampling": "ours a preallocated KV cache (Sampler.sample, full softmax; with --compile"
     " the cached step through torch.compile, attention as matmuls and softmax fused by"
     " Inductor); theirs"
     " generate_images: without guidance it recomputes the whole prefix every step (use_cache"

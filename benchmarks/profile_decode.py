@@ -50,7 +50,7 @@ def main() -> int:
 
     from dalle.config import TransformerConfig
     from dalle.models.dalle_transformer import DALLE
-    from dalle.sampling import sample_codes
+    from dalle.sampler import Sampler
     from dalle.train.optimizer import fusable
     from dalle.train.train_config import TransformerTrainConfig
     from dalle.train.transformer_trainer import DalleObjective
@@ -86,9 +86,9 @@ def main() -> int:
         if name in only:
             codes = cfg.image_len - rows * cfg.image_grid
             run(f"{name} batch 8, {codes} codes",
-                lambda scale=scale: sample_codes(model, text, generator=g.manual_seed(0),
-                                                 cond_scale=scale, prime=prime,
-                                                 compile=args.compile))  # fmt: skip
+                lambda scale=scale: Sampler(cond_scale=scale).sample(
+                    model, text, generator=g.manual_seed(0), prime=prime, compile=args.compile
+                ))  # fmt: skip
     if "train" in only:
         objective = DalleObjective(TransformerTrainConfig(caption_dropout=0.0),
                                    compile=args.compile)  # fmt: skip

@@ -15,7 +15,7 @@ codes; the dVAE is the ``tiny`` preset trained with the paper's relaxed ELBO at 
 64 px images. Medians of ``--repeats`` timings after one warm-up.
 
 ``--compile`` also times, in the same run, cached sampling through the compiled decode step
-(``sample_codes(compile=True)``) and the training step through the compiled loss
+(``Sampler.sample(compile=True)``) and the training step through the compiled loss
 (``DalleObjective(compile=True)``), each beside its eager figure; the first call of each
 (compiling included) is reported apart as ``warmup_s``, never inside the medians.
 
@@ -77,14 +77,14 @@ def time_sampling(
     """Median seconds to draw every image code for ``text`` (same seed each time)."""
     import torch
 
-    from dalle.sampling import sample_codes
+    from dalle.sampler import Sampler
 
     g = torch.Generator()
 
     def draw():
         with torch.no_grad():
-            sample_codes(model, text, generator=g.manual_seed(0), cond_scale=cond_scale,
-                         use_cache=use_cache, compile=compile)  # fmt: skip
+            Sampler(cond_scale=cond_scale).sample(model, text, generator=g.manual_seed(0),
+                                                  use_cache=use_cache, compile=compile)  # fmt: skip
 
     return median_time(draw, repeats)
 
