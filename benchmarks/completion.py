@@ -37,16 +37,15 @@ Prints a table and writes JSON (machine, torch, threads, settings, timings, figu
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common import REPO, RESULTS, header, write_json
 
 
 def kept_rows(grid: int, image_size: int) -> int:
@@ -114,7 +113,7 @@ def mean(values: list) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("demo_out/model"))
+    parser.add_argument("--model", type=Path, default=REPO / "demo_out" / "model")
     parser.add_argument("--prompts", type=int, default=64, help="source pictures")
     parser.add_argument("--samples", type=int, default=4, help="completions per picture")
     parser.add_argument("--split", choices=("holdout", "train"), default="holdout")
@@ -125,7 +124,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baseline", action="store_true", help="also draw without the picture")
     parser.add_argument("--grid", type=Path, help="write source | dVAE | completions rows here")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/completion.json"))
+    parser.add_argument("--json", type=Path, default=RESULTS / "completion.json")
     args = parser.parse_args()
 
     import torch
@@ -194,11 +193,7 @@ def main() -> int:
         captioned_grid(shown, prompts[:8]).save(args.grid)
 
     report = {
-        "benchmark": "completion",
-        "command": " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("completion"),
         "model": str(args.model),
         "split": args.split,
         "prompts": len(prompts),
@@ -213,8 +208,7 @@ def main() -> int:
         "baseline_without_picture": baseline,
         "examples": prompts[:4],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"  # noqa: E731
     table = [
         ("images", f"{len(pixels)} ({len(prompts)} pictures x {n}), {args.split} split"),

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import REPO, RESULTS, header, write_json
 
 PROMPT_SEED = 31_337  # never used for training or tuning
 
@@ -140,7 +140,7 @@ def print_breakdown(rows: dict[str, dict], per_prompt: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("demo_out/model"))
+    parser.add_argument("--model", type=Path, default=REPO / "demo_out" / "model")
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -154,11 +154,9 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--rerank", type=int, default=None, help="CLIP candidates per image")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-fidelity"))
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/dalle_fidelity.json"))
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-fidelity")
+    parser.add_argument("--json", type=Path, default=RESULTS / "dalle_fidelity.json")
     args = parser.parse_args()
-
-    import torch
 
     from dalle.eval.shapes_breakdown import PromptResult, breakdown
     from dalle.eval.shapes_fidelity import fidelity, open_pairs, read_manifest
@@ -184,11 +182,8 @@ def main() -> int:
     rows = breakdown(results)
     model_report = args.model.parent / "report.json"
     result = {
-        "benchmark": "dalle_fidelity",
-        "command": " ".join(cmd[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("dalle_fidelity"),
+        "generate_command": " ".join(cmd[1:]),
         "prompt_seed": args.prompt_seed,
         "prompts": len(prompts),
         "samples_per_prompt": args.samples,
@@ -202,8 +197,7 @@ def main() -> int:
     if args.rerank is not None:
         every = [PromptResult(r.prompt, r.candidates, tuple(range(per_prompt))) for r in results]
         result["breakdown_candidates"] = breakdown(every)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     c = fid["counts"]
     drawn = f" (best of {per_prompt} candidates by CLIP)" if args.rerank else ""
     summary = [

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from common import RESULTS, header, write_json
 
 
 def main() -> int:
@@ -27,9 +26,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument(
-        "--json", type=Path, default=Path("benchmarks/results/data_throughput.json")
-    )
+    parser.add_argument("--json", type=Path, default=RESULTS / "data_throughput.json")
     args = parser.parse_args()
 
     import torch
@@ -100,10 +97,7 @@ def main() -> int:
         }
     ratio = results["token cache"]["tokens_per_s"] / results["pixels + dVAE"]["tokens_per_s"]
     report = {
-        "benchmark": "data_throughput",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("data_throughput"),
         "transformer": to_dict(cfg),
         "vae": to_dict(vae.cfg),
         "batch": args.batch,
@@ -112,8 +106,7 @@ def main() -> int:
         "results": results,
         "cache_over_pixels": round(ratio, 2),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     print(f"{'source':<16} {'tokens/s':>10} {'sequences/s':>12}")
     for name, r in results.items():
         print(f"{name:<16} {r['tokens_per_s']:>10} {r['sequences_per_s']:>12}")

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
+
+from common import REPO, RESULTS, header, write_json
 
 VAE_SHARE = 0.17  # of the budget, as the demo; its default recipe must fit in 5 minutes
 CLIP_SHARE = 0.06
@@ -51,13 +50,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--source", type=Path, help="the npm package's .tgz (default: npm pack)")
-    parser.add_argument("--work", type=Path, default=Path("runs/emoji"))
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "emoji")
     parser.add_argument("--vae-preset", default=None, help="dVAE preset (default: the folder one)")
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--prompts", type=int, default=48, help="seen and held-out prompts each")
     parser.add_argument("--samples", type=int, default=2, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/emoji.json"))
+    parser.add_argument("--json", type=Path, default=RESULTS / "emoji.json")
     args = parser.parse_args()
 
     import torch
@@ -151,9 +150,7 @@ def main() -> int:
     index = {s: i for i, s in enumerate(stems)}
     base = [s for s in stems if "-1f3f" not in s]
     seen = rng.sample(base, min(args.prompts, len(base)))
-    references = torch.stack(
-        [image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems]
-    )
+    references = torch.stack([image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems])
     n = args.samples
     out = pipe([captions[s] for s in seen], num_images=n, seed=args.seed)
     generated = torch.stack([image_to_tensor(im) for im in out.images])
@@ -184,17 +181,13 @@ def main() -> int:
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
     show = 12
-    sheet_prompts = [captions[s] for s in seen[:show // 2]] + held_prompts[: show // 2]
+    sheet_prompts = [captions[s] for s in seen[: show // 2]] + held_prompts[: show // 2]
     sheet_images = out.images[: n * (show // 2)] + out_held.images[: n * (show // 2)]
     (args.work / "samples").mkdir(exist_ok=True)
     write_generation(args.work / "samples", sheet_prompts, sheet_images, n, args.seed)
 
     result = {
-        "benchmark": "emoji",
-        "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("emoji"),
         "budget_minutes": args.minutes,
         "timings": timings,
         "images": {"train": len(stems), "holdout": len(held_stems)},
@@ -207,12 +200,15 @@ def main() -> int:
         "transformer": {"steps": train_cfg.steps, "text_len": text_len},
         "clip": {"steps": clip_train.steps, "holdout_retrieval": clip_report},
         "sampling": {**SAMPLING, "samples_per_prompt": n},
-        "seen": {"prompts": len(seen), "top1": top_k(ranks, 1), "top5": top_k(ranks, 5),
-                 "median_rank": sorted(ranks)[len(ranks) // 2]},  # fmt: skip
+        "seen": {
+            "prompts": len(seen),
+            "top1": top_k(ranks, 1),
+            "top5": top_k(ranks, 5),
+            "median_rank": sorted(ranks)[len(ranks) // 2],
+        },  # fmt: skip
         "held_out_tone": {"prompts": len(held_pick), "accuracy": tone_acc, "chance": 0.2},
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     rows = [
         ("total time", f"{timings['total_s']:.0f} s"),
         ("dVAE held-out PSNR", f"{vae_report['psnr']:.2f} dB ({recipe.steps} steps, {timings['vae_s']:.0f} s)"),

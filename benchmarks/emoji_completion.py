@@ -15,13 +15,11 @@ Prints a table and writes JSON (machine, torch, settings, figures).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import sys
 import time
 from pathlib import Path
+
+from common import RESULTS, header, write_json
 
 
 def main() -> int:
@@ -32,7 +30,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--keep-rows", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/emoji_completion.json"))
+    parser.add_argument("--json", type=Path, default=RESULTS / "emoji_completion.json")
     parser.add_argument("--grid", type=Path, default=None)
     args = parser.parse_args()
 
@@ -101,11 +99,7 @@ def main() -> int:
         write_generation(args.grid, grid_prompts, grid_images, n + 1, args.seed)
 
     result = {
-        "benchmark": "emoji completion",
-        "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("emoji_completion"),
         "model": str(args.model),
         "prompts": len(pick),
         "samples_per_prompt": n,
@@ -115,8 +109,7 @@ def main() -> int:
         "completion_wall_s": round(completion_s, 1),
         "results": rows_out,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result, indent=1)
     print(f"wrote {args.json}")
     return 0
 

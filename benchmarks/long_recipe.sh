@@ -5,7 +5,8 @@
 # model's own sampling defaults (no sampling flags).
 #   bash benchmarks/long_recipe.sh [RUN_DIR]      (MINUTES=55 by default)
 set -euo pipefail
-RUN=${1:-runs/long}
+RUN=$(realpath -m "${1:-$(dirname "$0")/../runs/long}")
+cd "$(dirname "$0")/.."  # the results path below is the repository's
 MINUTES=${MINUTES:-55}
 DALLE=${DALLE:-dalle}
 PYTHON=${PYTHON:-python}

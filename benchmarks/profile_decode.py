@@ -14,9 +14,10 @@ warm-up, whose seconds are printed. ``--json`` writes the tables (op, self CPU m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from common import header, write_json
 
 
 def top_ops(prof, k: int) -> list[dict]:
@@ -65,8 +66,7 @@ def main() -> int:
     # Prime all rows but the last steps' worth: the profile covers ``--steps`` sampled codes.
     rows = max(0, (cfg.image_len - args.steps) // cfg.image_grid)
     prime = torch.randint(0, cfg.image_vocab, (8, rows * cfg.image_grid)) if rows else None
-    report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "compile": args.compile, "profiles": {}}  # fmt: skip
+    report: dict = {**header("profile_decode"), "compile": args.compile, "profiles": {}}
     only = args.only or ["decode", "guided", "train"]
 
     def run(name: str, fn) -> None:
@@ -106,9 +106,7 @@ def main() -> int:
 
         run("training step batch 32", step)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -30,7 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_JSON = Path("benchmarks/results/serve_load.json")
+from common import RESULTS, header, write_json
+
+DEFAULT_JSON = RESULTS / "serve_load.json"
 QUEUE_SIZE, TIMEOUT_S, CLIENT_TIMEOUT_S = 8, 20.0, 30.0
 RSS_GROWTH_LIMIT_MIB = 200.0
 KINDS = ("generate", "stream", "abandon", "invalid")
@@ -277,10 +278,7 @@ def main() -> int:
         "rss_bounded": rss_peak - rss_before < RSS_GROWTH_LIMIT_MIB,
     }
     result = {
-        "benchmark": "serve_load",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
-        "torch": torch.__version__,
-        "threads": args.threads,
+        **header("serve_load", threads=args.threads),
         "config": {
             "clients": args.clients,
             "max_requests": args.requests,
@@ -315,8 +313,7 @@ def main() -> int:
         "checks": checks,
         "failures": [f"{r.kind} {r.status} {r.error}" for r in bad[:20]],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result, indent=1)
     lat, rss = result["latency_s"], result["rss_mib"]
     rows = [
         ("requests (wall)", f"{len(records)} in {wall:.1f} s"),

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-DEFAULT_JSON = Path("benchmarks/results/speed.json")
+from common import RESULTS, header, write_json
+
+DEFAULT_JSON = RESULTS / "speed.json"
 
 
 TRAINING_KEYS = {  # a training figure's name in the comparison -> its report entry
@@ -218,10 +217,7 @@ def main() -> int:
             "M": dataclasses.replace(base, image_grid=4),
         }
     report: dict = {
-        "benchmark": "speed",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("speed"),
         "repeats": repeats,
         "model": to_dict(base),
     }
@@ -349,9 +345,7 @@ def main() -> int:
         report["peer"] = compare_peer(report, configs, repeats, flops_per_token)
     out = args.json or (None if args.quick else DEFAULT_JSON)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_json(out, report)
     return 0
 
 

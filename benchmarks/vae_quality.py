@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import REPO, RESULTS, header, write_json
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help="override the recipe's steps")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-vae"))
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/vae_quality.json"))
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-vae")
+    parser.add_argument("--json", type=Path, default=RESULTS / "vae_quality.json")
     args = parser.parse_args()
-
-    import torch
 
     cmd = [
         sys.executable,
@@ -51,15 +49,8 @@ def main() -> int:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     train_cfg = json.loads((args.out / "train_config.json").read_text())
     result = {
-        "benchmark": "vae_quality",
-        "command": " ".join(cmd[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **header("vae_quality"),
+        "train_command": " ".join(cmd[1:]),
         "config": train_cfg,
         "wall_s": round(wall, 1),
         "psnr_db": round(report["psnr"], 2),
@@ -67,8 +58,7 @@ def main() -> int:
         "perplexity": round(report["perplexity"], 1),
         "fidelity": report["fidelity"],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     fid = report["fidelity"]
     rows = [
         ("wall time (train + eval)", f"{wall:.0f} s"),
