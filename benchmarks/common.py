@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,14 @@ def write_json(path: Path, report: dict[str, Any], *, indent: int = 2) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"wrote {path}")
+
+
+def run_timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cmd`` with its output captured; returns it and its wall seconds. When it fails,
+    the tail of its stderr goes to ours, so the caller only has to return its exit code."""
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+    return done, wall

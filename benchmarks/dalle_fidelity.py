@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS, header, write_json
+from common import REPO, RESULTS, header, run_timed, write_json
 
 PROMPT_SEED = 31_337  # never used for training or tuning
 
@@ -166,11 +164,8 @@ def main() -> int:
     prompt_file = args.out / "prompts.txt"
     prompt_file.write_text("\n".join(prompts) + "\n")
     cmd = generate_command(args, prompt_file)
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    done, wall = run_timed(cmd)
     if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
         return done.returncode
     per_prompt = args.samples * (args.rerank or 1)
     items = list(open_pairs(read_manifest(args.out / "images" / "manifest.jsonl")))

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import REPO, RESULTS, header, write_json
+from common import REPO, RESULTS, header, run_timed, write_json
 
 
 def main() -> int:
@@ -40,11 +38,8 @@ def main() -> int:
     ]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    done, wall = run_timed(cmd)
     if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
         return done.returncode
     report = json.loads(done.stdout.strip().splitlines()[-1])
     train_cfg = json.loads((args.out / "train_config.json").read_text())
