@@ -83,6 +83,32 @@ def test_notebook_trains_all_four_stages_on_a_folder_and_generates(tmp_path):
     assert saved["train"]["steps"] == 4 and saved["model"]["text_vocab"] == tokenizer.vocab_size
 
 
+def test_snapshots_keep_the_model_at_those_steps(tmp_path):
+    """A learning curve from one run: the snapshot at the last step is the final model, an
+    earlier one differs, and a step outside the run is refused before anything is written."""
+    write_folder(tmp_path / "pictures", "train", 16, seed=0, progress=False)
+    data = open_data(tmp_path / "pictures")
+    run = RunConfig(save_every=1000, progress=False)
+    vae_cfg = VAETrainConfig(steps=2, batch_size=8, warmup_steps=1, kmeans_images=16)
+    vae = train_vae(data, tmp_path / "vae", vae_cfg, VAE, run).model
+    tokens = encode(vae, data, batch_size=16, progress=False)
+    tokenizer = train_tokenizer(data, TokenizerConfig(vocab_size=300))
+    cfg = TransformerTrainConfig(steps=4, batch_size=8, warmup_steps=1)
+    with pytest.raises(ValueError, match="snapshots must be steps from 1 to 4, got \\[0, 4\\]"):
+        train_transformer(tokens, vae, tmp_path / "bad", cfg, TRANSFORMER, tokenizer, run,
+                          snapshots=(4, 0))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    trained = train_transformer(tokens, vae, tmp_path / "dalle", cfg, TRANSFORMER, tokenizer, run,
+                                snapshots=(2, 4))  # fmt: skip
+    kept = sorted(p.name for p in (trained.run_dir / "snapshots").iterdir())
+    assert kept == ["step_000002", "step_000004"]
+    final = trained.model.transformer.state_dict()
+    last = DallePipeline.from_pretrained(trained.run_dir / "snapshots" / "step_000004")
+    early = DallePipeline.from_pretrained(trained.run_dir / "snapshots" / "step_000002")
+    assert all(torch.equal(v, last.transformer.state_dict()[k]) for k, v in final.items())
+    assert not all(torch.equal(v, early.transformer.state_dict()[k]) for k, v in final.items())
+
+
 def test_a_stage_refuses_a_used_run_folder_unless_told(tmp_path):
     write_folder(tmp_path / "pictures", "train", 16, seed=0, progress=False)
     data = open_data(tmp_path / "pictures")

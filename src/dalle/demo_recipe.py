@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dalle.config import CLIP_PRESETS, VAE_PRESETS, to_dict
+from dalle.config import CLIP_PRESETS, VAE_PRESETS, VAEConfig, to_dict
 from dalle.data import ShapesData
 from dalle.eval import fidelity_judge
 from dalle.eval.reconstruction import evaluate_vae
@@ -209,11 +209,12 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
 
 
 def _train_vae(
-    run_dir: Path, seconds: float, seed: int, run: RunConfig
+    run_dir: Path, seconds: float, seed: int, run: RunConfig, model: VAEConfig | None = None
 ) -> tuple[DiscreteVAE, dict[str, Any]]:
-    """The default dVAE recipe cut to ``seconds``, and its evaluation on held-out scenes."""
+    """The default dVAE recipe (for ``model``, default the ``shapes`` preset) cut to
+    ``seconds``, and its evaluation on held-out scenes."""
     print(f"[1/6] dVAE: {seconds:.0f} s on the shapes train split", flush=True)
-    data, model = ShapesData(seed=seed), VAE_PRESETS["shapes"]
+    data, model = ShapesData(seed=seed), model or VAE_PRESETS["shapes"]
     recipe = VAETrainConfig(seed=seed)
     steps = vae_steps_within(seconds * 0.95, data, recipe, model)
     recipe = dataclasses.replace(recipe, steps=min(steps, 4 * recipe.steps))

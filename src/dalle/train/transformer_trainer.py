@@ -15,7 +15,7 @@ the stage: a token set and a dVAE in, a pipeline (tokenizer, dVAE, transformer) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -219,14 +219,20 @@ def train_transformer(
     model: TransformerConfig | None = None,
     tokenizer: Tokenizer | None = None,
     run: RunConfig = RunConfig(),
+    snapshots: Sequence[int] = (),
 ) -> Trained[DallePipeline]:
     """Stage 2: the transformer (default: the ``tiny`` preset, sized to ``tokenizer`` and
     ``vae``) trained on ``tokens``, the dVAE codes and captions of :func:`dalle.train.encode`.
     Without ``tokenizer`` one is trained on the token set's captions. Writes ``out/model/``
     (a pipeline folder for :class:`dalle.DallePipeline` and ``dalle generate``),
-    ``out/metrics.jsonl``, ``out/train_config.json`` and sample grids ``out/samples_*.png``."""
+    ``out/metrics.jsonl``, ``out/train_config.json`` and sample grids ``out/samples_*.png``.
+    At each step count in ``snapshots`` a copy of the model folder is kept as
+    ``out/snapshots/step_NNNNNN/`` (for learning curves: one run, the model at several steps)."""
     check_tokens(tokens, vae)  # before anything is written
     check_recipe(cfg, vae)
+    keep = frozenset(snapshots)
+    if any(not 1 <= s <= cfg.steps for s in keep):
+        raise ValueError(f"snapshots must be steps from 1 to {cfg.steps}, got {sorted(keep)}")
     if cfg.batch_size > len(tokens):
         raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(tokens)} token rows")
     if tokenizer is None:
@@ -250,7 +256,11 @@ def train_transformer(
         write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(contact_sheet(images, 4)))
 
     batches = token_batches(text, tokens.codes, cfg.batch_size, cfg.seed)
-    callbacks = [Callback(run.save_every, save)]
+    def snapshot(step: int) -> None:
+        if step in keep:
+            pipe.save_pretrained(out / "snapshots" / f"step_{step:06d}")
+
+    callbacks = [Callback(run.save_every, save), Callback(1, snapshot)]
     metrics = fit_transformer(pipe.transformer, cfg, batches, out, callbacks, run.progress,
                               run.checkpoint, run.resume, run.compile)  # fmt: skip
     return Trained(pipe, out, metrics)
