@@ -1,5 +1,6 @@
-"""Data parallelism: two gloo ranks under torchrun train exactly what one process trains on the
-same global batch."""
+"""Data parallelism: two gloo ranks under torchrun (PyTorch's DistributedDataParallel) train
+exactly what one process trains on the same global batch, with gradient accumulation (DDP's
+no_sync for all but the last batch) and with activation checkpointing."""
 
 from __future__ import annotations
 
@@ -31,23 +32,28 @@ def test_shard_splits_every_element_of_a_batch():
         shard(torch.zeros(6), 0, 4)
 
 
-def test_two_gloo_ranks_equal_one_process(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["--accumulate", "2"], ["--activation-checkpointing"]], ids=str
+)
+def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
     torch.manual_seed(0)
     DiscreteVAE(VAEConfig(downsample=16, vocab_size=16, n_hid=8, n_init=8)).save(tmp_path / "vae")
     tokens = tmp_path / "tokens.safetensors"
     argv = ["encode", "--vae", str(tmp_path / "vae"), "--data", "shapes", "--num", "32"]
     assert main([*argv, "--out", str(tokens)]) == 0
 
-    def args(out: str) -> list[str]:
+    def args(out: str, options: list[str]) -> list[str]:
         a = ["train", "--vae", str(tmp_path / "vae"), "--tokens", str(tokens)]
         a += ["--out", str(tmp_path / out), "--steps", "4", "--batch-size", "8"]
-        return a + ["--caption-dropout", "0", "--save-every", "4", "--checkpoint-every", "4"]
+        a += ["--caption-dropout", "0", "--save-every", "4", "--checkpoint-every", "4"]
+        return a + options
 
-    assert main(args("one")) == 0
+    # The reference: one process, never checkpointing activations.
+    assert main(args("one", [x for x in extra if x != "--activation-checkpointing"])) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     done = subprocess.run(
-        [*cmd, "-m", "dalle", *args("two")], env=env, capture_output=True, text=True, timeout=300
+        [*cmd, "-m", "dalle", *args("two", extra)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     a = load_file(str(tmp_path / "one" / "model" / "transformer" / "model.safetensors"))

@@ -4,9 +4,10 @@
 rendezvous variables; :func:`setup` joins the process group (gloo on CPU, NCCL on GPU). Every
 rank draws the same global batch (the batch iterators are seeded alike) and keeps its own
 contiguous slice, so no sample is seen twice and the data position is one number for all
-ranks. After each backward pass the gradients are averaged across ranks in one flat
-all-reduce, which makes a step equal to a single process's step on the whole global batch
-(for objectives without per-sample randomness). Only rank 0 logs, saves and checkpoints.
+ranks. The objective runs inside PyTorch's ``DistributedDataParallel`` (:func:`data_parallel`),
+whose bucketed all-reduces average the gradients while the backward pass is still running,
+which makes a step equal to a single process's step on the whole global batch (for
+objectives without per-sample randomness). Only rank 0 logs, saves and checkpoints.
 """
 
 from __future__ import annotations
@@ -58,23 +59,29 @@ def shard(batch: Any, index: int, count: int) -> Any:
     raise ValueError(f"cannot split a batch element of type {type(batch).__name__}")
 
 
-def average_gradients(model: torch.nn.Module) -> None:
-    """Average every parameter's gradient over the ranks (one flat all-reduce)."""
-    count = world_size()
-    if count == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    flat /= count
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p))
-        offset += n
+class ObjectiveModule(torch.nn.Module):
+    """``objective(model, batch, step)`` as a module: DDP must see the forward pass the
+    objective runs, and an objective may call any of the model's methods, not only its
+    ``forward``."""
+
+    def __init__(self, model: torch.nn.Module, objective: Any):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Any, step: int) -> Any:
+        return self.objective(self.model, batch, step)
+
+
+def data_parallel(model: torch.nn.Module, objective: Any) -> torch.nn.Module:
+    """The module a training step calls: ``objective`` over ``model``, inside
+    ``DistributedDataParallel`` when there are several ranks (its gradients then arrive
+    averaged over them)."""
+    module = ObjectiveModule(model, objective)
+    if world_size() == 1:
+        return module
+    device = next(model.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:

@@ -12,6 +12,7 @@ interrupts at once. How many steps fit in a time budget is :mod:`dalle.train.bud
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -119,6 +120,7 @@ class Trainer:
             rank = distributed.rank()
             batches = (distributed.shard(b, rank, self.world) for b in batches)
         self.batches = batches
+        self.compute = distributed.data_parallel(model, objective)
         self.done = self.skipped = self.in_a_row = self.samples = 0
         self.saved_at, self.saved_step = time.perf_counter(), 0
         self.last: dict[str, float] = {}
@@ -172,10 +174,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        loss, metrics = self.forward_backward(step)
-        finite = distributed.all_ranks_agree(bool(torch.isfinite(loss)), self.device)
-        if finite:
-            distributed.average_gradients(self.model)
+        loss, metrics, finite = self.forward_backward(step)
         if finite and cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -197,24 +196,29 @@ class Trainer:
                 )
         return lr, loss, metrics
 
-    def forward_backward(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """``accumulate`` batches of one step; stops at the first non-finite loss (the rest of
-        the step's batches are still drawn, so the data position never depends on it)."""
+    def forward_backward(self, step: int) -> tuple[torch.Tensor, dict[str, float], bool]:
+        """``accumulate`` batches of one step, and whether every rank's loss was finite; stops
+        at the first non-finite loss on any rank, before its backward pass, so the ranks'
+        gradient all-reduces stay in step (the rest of the step's batches are still drawn, so
+        the data position never depends on it). Under DDP only the last batch's backward
+        all-reduces; the others accumulate locally."""
         accumulate = self.cfg.accumulate
         autocast = torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         )
+        local = getattr(self.compute, "no_sync", contextlib.nullcontext)
         for i in range(accumulate):
             batch = next(self.batches)
             self.samples += self.world * batch_len(batch)
-            with autocast:
-                loss, metrics = self.objective(self.model, to_device(batch, self.device), step)
-            if not torch.isfinite(loss):
-                for _ in range(accumulate - i - 1):
-                    next(self.batches)
-                return loss, metrics
-            self.scaler.scale(loss / accumulate).backward()
-        return loss, metrics
+            with local() if i < accumulate - 1 else contextlib.nullcontext():
+                with autocast:
+                    loss, metrics = self.compute(to_device(batch, self.device), step)
+                if not distributed.all_ranks_agree(bool(torch.isfinite(loss)), self.device):
+                    for _ in range(accumulate - i - 1):
+                        next(self.batches)
+                    return loss, metrics, False
+                self.scaler.scale(loss / accumulate).backward()
+        return loss, metrics, True
 
     def log(
         self,
