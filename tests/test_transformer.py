@@ -115,6 +115,24 @@ def test_cached_logits_equal_full_forward(attention):
     assert cache.pos == cfg.text_len + 4
 
 
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    model = model_for(attention=("full", "conv"), dropout=0.1)
+    text, image = batch(model.cfg)
+    model.train()
+    results = []
+    for checkpointing in (False, True):
+        model.transformer.checkpointing = checkpointing
+        model.zero_grad()
+        torch.manual_seed(3)  # the same dropout masks (checkpoint replays the RNG state)
+        loss, _ = dalle_loss(model, text, image)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+
+
 def test_config_saved_with_a_removed_option_loads_only_with_it_off(tmp_path):
     """A transformer/config.json written while ALiBi and the text encoder were options holds
     them off (``text_alibi`` false, ``text_depth`` 0): it loads as the model it was; one with

@@ -106,4 +106,5 @@ def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
         force=args.force,
         device=device or "cpu",
         compile=getattr(args, "compile", False),
+        activation_checkpointing=getattr(args, "activation_checkpointing", False),
     )

@@ -82,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compile the training step with torch.compile (a one-off compile at the first "
         "step; without a working compiler: a warning and the usual path)",
     )
+    t.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="keep only each block's input for the backward pass and recompute the rest "
+        "there: less memory, about a third more compute, the same weights",
+    )
     t.add_argument("--seed", type=seed_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
     add_checkpoint_args(t, minutes=True)

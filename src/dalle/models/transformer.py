@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dalle.config import ATTENTION_KINDS, TransformerConfig
 
@@ -230,6 +231,9 @@ class Transformer(nn.Module):
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, kind) for kind in cfg.attention
         )
         self.norm = nn.LayerNorm(cfg.dim)
+        # Training only: each block keeps its input alone for the backward pass and runs
+        # again there (torch.utils.checkpoint), trading compute for activation memory.
+        self.checkpointing = False
         for kind in sorted(set(cfg.attention)):
             mask = attention_mask(kind, cfg.text_len, cfg.image_grid, cfg.conv_kernel)
             self.register_buffer(f"mask_{kind}", mask, persistent=False)
@@ -264,7 +268,10 @@ class Transformer(nn.Module):
             causal = full and start == 0  # the square causal mask: fused kernels skip reading it
             # One new query under full attention sees every key so far: no mask at all.
             mask = None if full and t == 1 else self.mask(layer.kind)[start:end, :end]
-            x = layer(x, mask, cache, i, start, causal)
+            if self.checkpointing and cache is None and torch.is_grad_enabled():
+                x = checkpoint(layer, x, mask, None, i, start, causal, use_reentrant=False)
+            else:
+                x = layer(x, mask, cache, i, start, causal)
         if cache is not None:
             cache.pos = end
         return self.norm(x)

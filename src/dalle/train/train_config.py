@@ -89,7 +89,9 @@ class RunConfig:
     or reconstruction grids) is written; with ``checkpoint`` the full training state too, so
     that ``resume`` continues exactly. A run folder that is not empty is refused unless
     ``force`` or ``resume``. ``compile``: the transformer stage compiles its training step
-    with ``torch.compile`` (a speed option, so a run may resume with or without it)."""
+    with ``torch.compile`` (a speed option, so a run may resume with or without it);
+    ``activation_checkpointing``: its blocks keep only their inputs for the backward pass and
+    recompute the rest there (a memory option: the same numbers, resumable either way)."""
 
     save_every: int = 500
     checkpoint: CheckpointConfig | None = None
@@ -98,6 +100,7 @@ class RunConfig:
     progress: bool = True
     device: str = "cpu"
     compile: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")

@@ -170,11 +170,14 @@ def fit_transformer(
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
     compile: bool = False,
+    activation_checkpointing: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
     ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`; ``compile`` as in
-    :class:`DalleObjective`."""
+    :class:`DalleObjective`; ``activation_checkpointing`` recomputes each block in the
+    backward pass (:attr:`dalle.models.transformer.Transformer.checkpointing`)."""
     torch.manual_seed(cfg.seed)
+    model.transformer.checkpointing = activation_checkpointing
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed), compile)
     return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "train",
                  progress, checkpoint=checkpoint, resume=resume)  # fmt: skip
@@ -262,5 +265,6 @@ def train_transformer(
 
     callbacks = [Callback(run.save_every, save), Callback(1, snapshot)]
     metrics = fit_transformer(pipe.transformer, cfg, batches, out, callbacks, run.progress,
-                              run.checkpoint, run.resume, run.compile)  # fmt: skip
+                              run.checkpoint, run.resume, run.compile,
+                              run.activation_checkpointing)  # fmt: skip
     return Trained(pipe, out, metrics)
