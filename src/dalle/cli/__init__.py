@@ -17,6 +17,7 @@ from dalle.cli import (
     demo,
     evaluate,
     generate,
+    plan,
     plot,
     serve,
     tokenizer_cli,
@@ -26,7 +27,8 @@ from dalle.cli import (
 )
 
 COMMANDS = (
-    data, tokenizer_cli, train_vae, train, train_clip, generate, evaluate, plot, convert, demo, serve
+    data, tokenizer_cli, train_vae, train, train_clip, plan, generate, evaluate, plot, convert, demo,
+    serve,
 )  # fmt: skip
 
 
