@@ -23,14 +23,15 @@ REPO = BENCHMARKS.parent  # where `make demo` writes demo_out/ and the benchmark
 RESULTS = BENCHMARKS / "results"
 
 
-def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``None``
-    outside a git checkout (a copied folder, an sdist)."""
+def git_commit(where: Path = BENCHMARKS) -> str | None:
+    """The commit of the checkout that holds ``where`` (by default this one), with ``+dirty``
+    when tracked files differ from it; ``None`` outside a git checkout (a copied folder, an
+    sdist)."""
 
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(
-                ["git", "-C", str(BENCHMARKS), *args], capture_output=True, text=True, timeout=30
+                ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30
             )
         except (OSError, subprocess.TimeoutExpired):
             return None

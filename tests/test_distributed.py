@@ -1,12 +1,16 @@
-"""Data parallelism: two gloo ranks under torchrun (PyTorch's DistributedDataParallel) train
-exactly what one process trains on the same global batch, with gradient accumulation (DDP's
-no_sync for all but the last batch) and with activation checkpointing."""
+"""Data parallelism: two gloo ranks under torchrun train exactly what one process trains on
+the same global batch, with PyTorch's DistributedDataParallel and with FSDP2 (``--shard``),
+with gradient accumulation (no gradient sync but for the last batch) and with activation
+checkpointing; a sharded run killed with SIGKILL resumes bitwise from its DCP checkpoint."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from dalle.cli import main
 from dalle.config import VAEConfig
 from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
+from dalle.pipeline import DallePipeline
 from dalle.train.distributed import shard
 
 
@@ -32,32 +37,53 @@ def test_shard_splits_every_element_of_a_batch():
         shard(torch.zeros(6), 0, 4)
 
 
-@pytest.mark.parametrize(
-    "extra", [[], ["--accumulate", "2"], ["--activation-checkpointing"]], ids=str
-)
-def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
+SINGLE_PROCESS_ONLY = ("--activation-checkpointing", "--shard")  # the reference leaves these out
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny_run(tmp_path: Path):
+    """A tiny dVAE and its token file; ``args(out, options)`` the ``dalle train`` argv."""
     torch.manual_seed(0)
     DiscreteVAE(VAEConfig(downsample=16, vocab_size=16, n_hid=8, n_init=8)).save(tmp_path / "vae")
     tokens = tmp_path / "tokens.safetensors"
     argv = ["encode", "--vae", str(tmp_path / "vae"), "--data", "shapes", "--num", "32"]
     assert main([*argv, "--out", str(tokens)]) == 0
 
-    def args(out: str, options: list[str]) -> list[str]:
+    def args(out: str, options: list[str], steps: int = 4) -> list[str]:
         a = ["train", "--vae", str(tmp_path / "vae"), "--tokens", str(tokens)]
-        a += ["--out", str(tmp_path / out), "--steps", "4", "--batch-size", "8"]
-        a += ["--caption-dropout", "0", "--save-every", "4", "--checkpoint-every", "4"]
-        return a + options
+        a += ["--out", str(tmp_path / out), "--steps", str(steps), "--batch-size", "8"]
+        a += ["--caption-dropout", "0", "--save-every", str(steps)]
+        return a + ["--checkpoint-every", str(steps), *options]
 
-    # The reference: one process, never checkpointing activations.
-    assert main(args("one", [x for x in extra if x != "--activation-checkpointing"])) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return args
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "transformer" / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--accumulate", "2"],
+        ["--activation-checkpointing"],
+        ["--shard"],
+        ["--shard", "--accumulate", "2", "--activation-checkpointing"],
+    ],
+    ids=str,
+)
+def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
+    args = tiny_run(tmp_path)
+    # The reference: one process, unsharded, never checkpointing activations.
+    assert main(args("one", [x for x in extra if x not in SINGLE_PROCESS_ONLY])) == 0
     done = subprocess.run(
-        [*cmd, "-m", "dalle", *args("two", extra)], env=env, capture_output=True, text=True, timeout=300
-    )
+        [*TORCHRUN, "-m", "dalle", *args("two", extra)], env=ENV, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    a = load_file(str(tmp_path / "one" / "model" / "transformer" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model" / "transformer" / "model.safetensors"))
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
@@ -69,3 +95,48 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
     assert not torch.equal(init["head.weight"], b["head.weight"])
     steps = (tmp_path / "two" / "metrics.jsonl").read_text().count('"step": 4,')
     assert steps == 1
+    if "--shard" in extra:  # the run's model folder is a whole pipeline that generates
+        checkpoints = tmp_path / "two" / "checkpoints"
+        assert [p.name for p in checkpoints.iterdir()] == ["step_00000004.pt", "step_00000004.shards"]
+        pipe = DallePipeline.from_pretrained(tmp_path / "two" / "model")
+        assert pipe("a red circle", num_images=1, seed=0).images[0].size == (64, 64)
+
+
+def test_sharded_run_killed_with_sigkill_resumes_bitwise(tmp_path, capsys):
+    args = tiny_run(tmp_path)
+    steps, every = 60, ["--checkpoint-every", "3", "--keep", "2"]
+    whole = subprocess.run(
+        [*TORCHRUN, "-m", "dalle", *args("whole", ["--shard"], steps)], env=ENV,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    # Kill the whole torchrun process group once a sharded checkpoint is on disk.
+    cut = subprocess.Popen(
+        [*TORCHRUN, "-m", "dalle", *args("cut", ["--shard", *every], steps)], env=ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("step_*.pt")) and cut.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(cut.pid, signal.SIGKILL)
+    assert cut.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "cut" / "model").exists()  # killed long before the end
+
+    resumed = subprocess.run(
+        [*TORCHRUN, "-m", "dalle", *args("cut", ["--shard", *every, "--resume"], steps)],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Only the newest --keep checkpoints and their shard folders are left.
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["step_00000057.pt", "step_00000057.shards", "step_00000060.pt",
+                     "step_00000060.shards"]  # fmt: skip
+    # A sharded checkpoint is not resumed without --shard (nor a whole one with it).
+    capsys.readouterr()
+    assert main(args("cut", [*every, "--resume"], steps)) == 2
+    assert "is sharded: resume it with --shard under torchrun" in capsys.readouterr().err

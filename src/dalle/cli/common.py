@@ -107,4 +107,5 @@ def run_config(args: argparse.Namespace, device: str | None = None) -> Any:
         device=device or "cpu",
         compile=getattr(args, "compile", False),
         activation_checkpointing=getattr(args, "activation_checkpointing", False),
+        shard=getattr(args, "shard", False),
     )

@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep only each block's input for the backward pass and recompute the rest "
         "there: less memory, about a third more compute, the same weights",
     )
+    t.add_argument(
+        "--shard",
+        action="store_true",
+        help="under torchrun: FSDP2 instead of DDP, each process holding 1/N of the weights, "
+        "gradients and optimizer state (sharded checkpoints; the model folder is whole)",
+    )
     t.add_argument("--seed", type=seed_int, default=0)
     t.add_argument("--save-every", type=positive_int, default=500)
     add_checkpoint_args(t, minutes=True)

@@ -153,6 +153,10 @@ class DALLE(Saved):
         x = torch.cat([self._embed_text(text), self._embed_image(image, 0, drop_colours)], dim=1)
         return self.transformer(self.drop(x))  # (B, L, C)
 
+    def shard_units(self) -> list[nn.Module]:
+        """The blocks, each its own unit under FSDP (``dalle train --shard``)."""
+        return list(self.transformer.layers)
+
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``text`` (B, text_len), ``image`` (B, n <= image_len) codes -> restricted logits
         ``(B, text_len + n, vocab_total)``; position t predicts token t + 1."""

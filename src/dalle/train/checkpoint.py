@@ -34,9 +34,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.fullmatch(p.name))
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` goes."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` as the checkpoint of ``step`` and delete all but the newest ``keep``."""
-    path = Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+    path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({**state, "step": step}, buffer)

@@ -8,6 +8,8 @@ objective with random state of its own exposes it as ``state_dict`` / ``load_sta
 Ctrl-C (SIGINT) stops the run at the end of the step it lands in (``dalle.train.interrupt``),
 so the checkpoint saved then never holds a half-applied optimizer update; a second Ctrl-C
 interrupts at once. How many steps fit in a time budget is :mod:`dalle.train.budget`'s.
+Under ``torchrun`` the objective runs inside DDP (:mod:`dalle.train.distributed`), or with
+``shard`` inside FSDP2 (:mod:`dalle.train.sharding`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -26,11 +28,12 @@ from tqdm import tqdm
 
 from dalle.train import distributed
 from dalle.train.batching import batch_len, to_device
-from dalle.train.checkpoint import load_latest, save_checkpoint
+from dalle.train.checkpoint import checkpoint_path, load_latest, save_checkpoint
 from dalle.train.interrupt import sigint_at_step_end
 from dalle.train.metrics_log import trim_metrics
 from dalle.train.optimizer import make_optimizer
 from dalle.train.schedules import lr_factor
+from dalle.train.sharding import Sharded, remove_orphans, shard_folder
 from dalle.train.train_config import CheckpointConfig, OptimConfig
 
 
@@ -57,8 +60,18 @@ class SeededObjective:
 
 @dataclass
 class Callback:
+    """``fn(step)`` every ``every`` steps and after the last one, or (with ``at``) only at
+    those steps."""
+
     every: int
     fn: Callable[[int], None]  # called with the number of steps done
+    at: Collection[int] = ()
+
+    def due(self, done: int, last: int, step: int) -> bool:
+        """Whether it runs after ``done`` of ``last`` steps (``step``: the number it sees)."""
+        if self.at:
+            return step in self.at
+        return done % self.every == 0 or done == last
 
 
 def train(
@@ -73,9 +86,11 @@ def train(
     step_offset: int = 0,
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
+    shard: bool = False,
 ) -> dict[str, float]:
     """Run ``cfg.steps`` optimisation steps; returns the last logged metrics. ``step_offset``
     shifts the step numbers that metrics and callbacks see (a later phase of one run).
+    ``shard``: under ``torchrun``, FSDP2 instead of DDP (:mod:`dalle.train.sharding`).
 
     With ``checkpoint``, the full training state is saved every ``checkpoint.every`` steps, at
     the end and on Ctrl-C. ``resume`` restores the newest checkpoint in ``run_dir`` and draws
@@ -84,7 +99,7 @@ def train(
     """
     if checkpoint is not None and step_offset:
         raise ValueError("checkpoints cover single-phase runs (step_offset 0)")
-    trainer = Trainer(model, objective, batches, cfg, Path(run_dir), checkpoint)
+    trainer = Trainer(model, objective, batches, cfg, Path(run_dir), checkpoint, shard)
     return trainer.run(list(callbacks), desc, progress, step_offset, resume)
 
 
@@ -100,14 +115,25 @@ class Trainer:
         cfg: OptimConfig,
         run_dir: Path,
         checkpoint: CheckpointConfig | None = None,
+        shard: bool = False,
     ):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.device = next(model.parameters()).device
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs a CUDA device; use bf16 on this machine")
-        self.model, self.objective, self.cfg = model, objective, cfg
+        self.model = self.host = model  # what is trained; what callbacks and the caller see
+        self.objective, self.cfg = objective, cfg
         self.run_dir, self.checkpoint = run_dir, checkpoint
-        self.opt = make_optimizer(model, cfg)
+        self.world, self.main = distributed.world_size(), distributed.is_main()
+        self.sharded: Sharded | None = None
+        if shard and self.world > 1:
+            if cfg.ema is not None or cfg.precision == "fp16":
+                raise ValueError("--shard trains in fp32 or bf16 without --ema")
+            self.sharded = Sharded(model, objective, bf16=cfg.precision == "bf16")
+            self.model, self.compute = self.sharded.model, self.sharded.module
+        else:
+            self.compute = distributed.data_parallel(model, objective)
+        self.opt = make_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.ema = None
@@ -115,12 +141,11 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
-        self.world, self.main = distributed.world_size(), distributed.is_main()
         if self.world > 1:  # every rank draws the global batch and keeps its slice
             rank = distributed.rank()
             batches = (distributed.shard(b, rank, self.world) for b in batches)
         self.batches = batches
-        self.compute = distributed.data_parallel(model, objective)
+        self.gathered = -1  # the step whose weights the host model holds (sharded runs)
         self.done = self.skipped = self.in_a_row = self.samples = 0
         self.saved_at, self.saved_step = time.perf_counter(), 0
         self.last: dict[str, float] = {}
@@ -155,15 +180,19 @@ class Trainer:
                         self.model.load_state_dict(self.ema.module.state_dict())
                     if stop:  # Ctrl-C during this step: save it whole (below) and stop
                         raise KeyboardInterrupt
-                    if self.main:
+                    if self.main or self.sharded:  # every rank writes its shards
                         self.save_due()
-                        self.call_back(callbacks, step_offset)
+                    self.call_back(callbacks, step_offset)
             except KeyboardInterrupt:
-                if self.main and self.checkpoint is not None and self.done > start:
+                # A sharded save needs every rank at the same step, which Ctrl-C cannot
+                # promise: such a run resumes from its last periodic checkpoint.
+                saves = self.checkpoint is not None and self.done > start and not self.sharded
+                if self.main and saves:
                     self.save()  # the state after the last whole step
                     print(f"\n{desc}: interrupted; saved step {self.done}, continue with --resume")
                 raise
-        self.model.eval()
+        self.gather()
+        self.host.eval()
         return self.last
 
     def step(self, step: int, desc: str) -> tuple[float, torch.Tensor, dict[str, float]]:
@@ -178,6 +207,8 @@ class Trainer:
         if finite and cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if hasattr(norm, "full_tensor"):  # a sharded model's norm is a DTensor
+                norm = norm.full_tensor()
             metrics["grad_norm"] = float(norm)
             finite = bool(torch.isfinite(norm))
         if finite:
@@ -206,11 +237,10 @@ class Trainer:
         autocast = torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         )
-        local = getattr(self.compute, "no_sync", contextlib.nullcontext)
         for i in range(accumulate):
             batch = next(self.batches)
             self.samples += self.world * batch_len(batch)
-            with local() if i < accumulate - 1 else contextlib.nullcontext():
+            with self.local_only(i < accumulate - 1):
                 with autocast:
                     loss, metrics = self.compute(to_device(batch, self.device), step)
                 if not distributed.all_ranks_agree(bool(torch.isfinite(loss)), self.device):
@@ -219,6 +249,15 @@ class Trainer:
                     return loss, metrics, False
                 self.scaler.scale(loss / accumulate).backward()
         return loss, metrics, True
+
+    def local_only(self, on: bool) -> contextlib.AbstractContextManager:
+        """With ``on``, the backward passes inside only add to this rank's gradients (no
+        all-reduce or reduce-scatter): every batch of an accumulated step but the last."""
+        if self.sharded is not None:
+            self.sharded.accumulating(on)
+        elif on and hasattr(self.compute, "no_sync"):
+            return self.compute.no_sync()
+        return contextlib.nullcontext()
 
     def log(
         self,
@@ -259,24 +298,47 @@ class Trainer:
             self.save()
 
     def call_back(self, callbacks: list[Callback], step_offset: int) -> None:
-        for cb in callbacks:
-            if self.done % cb.every == 0 or self.done == self.cfg.steps:
-                self.model.eval()
-                cb.fn(step_offset + self.done)
-                self.model.train()
+        """Rank 0 runs the callbacks due after this step, on the host model (a sharded run
+        first gathers its full weights there)."""
+        step = step_offset + self.done
+        due = [cb for cb in callbacks if cb.due(self.done, self.cfg.steps, step)]
+        if due:
+            self.gather()
+        if not self.main:
+            return
+        for cb in due:
+            self.host.eval()
+            cb.fn(step)
+            self.host.train()
+
+    def gather(self) -> None:
+        """The full weights of a sharded run into the host model on rank 0, once a step
+        (every rank calls; a no-op without sharding)."""
+        if self.sharded is not None and self.gathered != self.done:
+            self.sharded.gather()
+            self.gathered = self.done
 
     def save(self) -> None:
-        """A training checkpoint of the state after ``done`` steps."""
-        objective = self.objective
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "rng": torch.get_rng_state(),
-            "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
-        }
-        save_checkpoint(self.run_dir, self.done, state, self.checkpoint.keep)  # type: ignore[union-attr]
+        """A training checkpoint of the state after ``done`` steps. A sharded run's ranks
+        first write their shards (DCP), then rank 0 the checkpoint file that names them."""
+        weights: dict[str, Any]
+        if self.sharded is None:
+            weights = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+        else:
+            shards = shard_folder(checkpoint_path(self.run_dir, self.done))
+            self.sharded.save(self.opt, shards)
+            distributed.barrier()  # every rank's shards are on disk
+            weights = {"model": {}, "optimizer": {}, "shards": shards.name}
+        if self.main:
+            objective = self.objective
+            state = weights | {
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else {},
+                "rng": torch.get_rng_state(),
+                "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
+            }
+            path = save_checkpoint(self.run_dir, self.done, state, self.checkpoint.keep)  # type: ignore[union-attr]
+            remove_orphans(path.parent)
         self.saved_at, self.saved_step = time.perf_counter(), self.done
 
     def resume(self) -> int:
@@ -287,10 +349,23 @@ class Trainer:
             raise ValueError(f"nothing to resume: {self.run_dir} has no readable checkpoint")
         step = int(state["step"])
         if step > self.cfg.steps:
-            raise ValueError(f"the checkpoint is at step {step}, past the run's {self.cfg.steps} steps")
+            raise ValueError(
+                f"the checkpoint is at step {step}, past the run's {self.cfg.steps} steps"
+            )
+        shards = state.get("shards")
+        if bool(shards) != (self.sharded is not None):
+            kind, how = (
+                ("sharded", "with --shard under torchrun")
+                if shards
+                else ("whole", "without --shard")
+            )
+            raise ValueError(f"the checkpoint at step {step} is {kind}: resume it {how}")
         try:
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
+            if self.sharded is not None:
+                self.sharded.load(self.opt, checkpoint_path(self.run_dir, step).parent / shards)
+            else:
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0]
             raise ValueError(f"the checkpoint does not fit this model: {first}") from None

@@ -91,7 +91,10 @@ class RunConfig:
     ``force`` or ``resume``. ``compile``: the transformer stage compiles its training step
     with ``torch.compile`` (a speed option, so a run may resume with or without it);
     ``activation_checkpointing``: its blocks keep only their inputs for the backward pass and
-    recompute the rest there (a memory option: the same numbers, resumable either way)."""
+    recompute the rest there (a memory option: the same numbers, resumable either way);
+    ``shard``: under ``torchrun`` the transformer is trained with FSDP2 instead of DDP, each
+    rank holding a slice of its weights, gradients and optimizer state (sharded checkpoints;
+    the model folder still holds the full weights)."""
 
     save_every: int = 500
     checkpoint: CheckpointConfig | None = None
@@ -101,9 +104,11 @@ class RunConfig:
     device: str = "cpu"
     compile: bool = False
     activation_checkpointing: bool = False
+    shard: bool = False
 
     def __post_init__(self) -> None:
         require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
+        require(not (self.shard and self.compile), "--compile does not combine with --shard yet")
 
 
 class _Recipe(Protocol):

@@ -171,16 +171,18 @@ def fit_transformer(
     resume: bool = False,
     compile: bool = False,
     activation_checkpointing: bool = False,
+    shard: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
     ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`; ``compile`` as in
     :class:`DalleObjective`; ``activation_checkpointing`` recomputes each block in the
-    backward pass (:attr:`dalle.models.transformer.Transformer.checkpointing`)."""
+    backward pass (:attr:`dalle.models.transformer.Transformer.checkpointing`); ``shard``
+    trains with FSDP2 under ``torchrun`` (:mod:`dalle.train.sharding`)."""
     torch.manual_seed(cfg.seed)
     model.transformer.checkpointing = activation_checkpointing
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed), compile)
     return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "train",
-                 progress, checkpoint=checkpoint, resume=resume)  # fmt: skip
+                 progress, checkpoint=checkpoint, resume=resume, shard=shard)  # fmt: skip
 
 
 def sized_config(model: TransformerConfig, tokenizer: Tokenizer, vae: DiscreteVAE) -> TransformerConfig:
@@ -255,16 +257,20 @@ def train_transformer(
 
     def save(step: int) -> None:
         pipe.save_pretrained(out / "model")
+        if run.shard:  # the gathered weights wait on rank 0's CPU: no sample grid
+            return
         images = pipe(prompts, num_images=2, seed=0).images
         write_bytes_atomic(out / f"samples_{step:06d}.png", png_bytes(contact_sheet(images, 4)))
 
     batches = token_batches(text, tokens.codes, cfg.batch_size, cfg.seed)
-    def snapshot(step: int) -> None:
-        if step in keep:
-            pipe.save_pretrained(out / "snapshots" / f"step_{step:06d}")
 
-    callbacks = [Callback(run.save_every, save), Callback(1, snapshot)]
+    def snapshot(step: int) -> None:
+        pipe.save_pretrained(out / "snapshots" / f"step_{step:06d}")
+
+    callbacks = [Callback(run.save_every, save)]
+    if keep:
+        callbacks.append(Callback(1, snapshot, at=keep))
     metrics = fit_transformer(pipe.transformer, cfg, batches, out, callbacks, run.progress,
                               run.checkpoint, run.resume, run.compile,
-                              run.activation_checkpointing)  # fmt: skip
+                              run.activation_checkpointing, run.shard)  # fmt: skip
     return Trained(pipe, out, metrics)
