@@ -5,6 +5,7 @@ checkpointing; a sharded run killed with SIGKILL resumes bitwise from its DCP ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,6 +60,30 @@ def tiny_run(tmp_path: Path):
     return args
 
 
+def errors(done: subprocess.CompletedProcess) -> str:
+    """The lines of a failed torchrun's stderr that say what went wrong on a rank."""
+    lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or ln.startswith("dalle")]
+    return "\n".join(lines[-20:]) or done.stderr[-2000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped has stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "transformer" / "model.safetensors"))
 
@@ -82,7 +107,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
         [*TORCHRUN, "-m", "dalle", *args("two", extra)], env=ENV, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, errors(done)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
     for k in a:
@@ -109,7 +134,7 @@ def test_sharded_run_killed_with_sigkill_resumes_bitwise(tmp_path, capsys):
         [*TORCHRUN, "-m", "dalle", *args("whole", ["--shard"], steps)], env=ENV,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.returncode == 0, errors(whole)
 
     # Kill the whole torchrun process group once a sharded checkpoint is on disk.
     cut = subprocess.Popen(
@@ -121,15 +146,23 @@ def test_sharded_run_killed_with_sigkill_resumes_bitwise(tmp_path, capsys):
     while not list(checkpoints.glob("step_*.pt")) and cut.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    os.killpg(cut.pid, signal.SIGKILL)
+    # torchrun starts each rank in a session of its own: kill every process of the run, as a
+    # machine that loses power would, and wait until none is left.
+    procs = [cut.pid, *descendants(cut.pid)]
+    for pid in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert cut.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    while any(alive(pid) for pid in procs):
+        assert time.monotonic() < deadline, "a killed rank is still running"
+        time.sleep(0.05)
     assert not (tmp_path / "cut" / "model").exists()  # killed long before the end
 
     resumed = subprocess.run(
         [*TORCHRUN, "-m", "dalle", *args("cut", ["--shard", *every, "--resume"], steps)],
         env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, errors(resumed)
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Only the newest --keep checkpoints and their shard folders are left.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class Trainer:
                 raise ValueError("--shard trains in fp32 or bf16 without --ema")
             self.sharded = Sharded(model, objective, bf16=cfg.precision == "bf16")
             self.model, self.compute = self.sharded.model, self.sharded.module
+            self.device = self.sharded.device
         else:
             self.compute = distributed.data_parallel(model, objective)
         self.opt = make_optimizer(self.model, cfg)
@@ -326,6 +328,9 @@ class Trainer:
             weights = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
         else:
             shards = shard_folder(checkpoint_path(self.run_dir, self.done))
+            if self.main:  # a killed run's unfinished folder of this step goes first
+                shutil.rmtree(shards, ignore_errors=True)
+            distributed.barrier()
             self.sharded.save(self.opt, shards)
             distributed.barrier()  # every rank's shards are on disk
             weights = {"model": {}, "optimizer": {}, "shards": shards.name}

@@ -34,6 +34,7 @@ from dalle.models.saving import fingerprint
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
 from dalle.tokenizer import Tokenizer
+from dalle.train import distributed
 from dalle.train.loop import Callback, SeededObjective, train
 from dalle.train.run import Trained, start_run
 from dalle.train.train_config import CheckpointConfig, RunConfig, TransformerTrainConfig
@@ -250,7 +251,11 @@ def train_transformer(
     out = start_run(Path(out), settings, run.resume, run.force, configs)
     text, _ = tokenizer.encode_batch(tokens.captions, model.text_len)
     torch.manual_seed(cfg.seed)
-    transformer = DALLE(model).to(run.device)
+    if run.shard and not distributed.is_main():  # rank 0's weights are broadcast to the rest
+        with torch.device("meta"):
+            transformer = DALLE(model)
+    else:
+        transformer = DALLE(model).to(run.device)
     examples = example_captions(tokens.captions)
     pipe = DallePipeline(tokenizer, vae.to(run.device), transformer, examples=examples)
     prompts = list(dict.fromkeys(tokens.captions[:64]))[:8]
