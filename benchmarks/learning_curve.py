@@ -9,7 +9,8 @@ snapshot gets the demo's usual sampling defaults (temperature 0.5, guidance 2) a
 48 fresh prompts x 4, seen pairs, held-out pairs and two-object prompts.
 
     python benchmarks/learning_curve.py [--steps 6000] [--snapshots 750,1500,3000,4500,6000]
-        [--lr LR] [--batch-size B] [--images N] [--work DIR] [--json FILE]
+        [--lr LR] [--batch-size B] [--dim D --depth L --heads H] [--images N]
+        [--work DIR] [--json FILE]
 
 Seconds are the transformer's training seconds at that step (``elapsed_s`` of its
 ``metrics.jsonl``, compiling included). A snapshot before the last is the model part-way
@@ -69,6 +70,9 @@ def main() -> int:
     parser.add_argument("--vae-downsample", type=int, default=None,
                         help="pixels per code side (default: the shapes preset's 4)")  # fmt: skip
     parser.add_argument("--vae-vocab", type=int, default=None, help="dVAE codebook size")
+    parser.add_argument("--dim", type=int, default=None, help="transformer width (tiny: 128)")
+    parser.add_argument("--depth", type=int, default=None, help="transformer blocks (tiny: 4)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (tiny: 4)")
     parser.add_argument("--images", type=int, default=8550, help="encoded scenes (the demo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "learning_curve")
@@ -76,7 +80,7 @@ def main() -> int:
     args = parser.parse_args()
     snapshots = sorted({int(s) for s in args.snapshots.split(",")})
 
-    from dalle.config import VAE_PRESETS, to_dict
+    from dalle.config import TRANSFORMER_PRESETS, VAE_PRESETS, to_dict
     from dalle.data import ShapesData
     from dalle.demo_recipe import (
         COLOUR_DROPOUT,
@@ -112,8 +116,14 @@ def main() -> int:
     )
     changes = {"lr": args.lr, "batch_size": args.batch_size}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    shape = {"dim": args.dim, "depth": args.depth, "heads": args.heads}
+    arch = dataclasses.replace(
+        TRANSFORMER_PRESETS["tiny"], **{k: v for k, v in shape.items() if v is not None}
+    )
+    if args.depth is not None:
+        arch = dataclasses.replace(arch, attention=(arch.attention[0],) * args.depth)
     run_dir = args.work / "transformer"
-    train_transformer(tokens, vae, run_dir, cfg, tokenizer=tokenizer, run=quiet,
+    train_transformer(tokens, vae, run_dir, cfg, arch, tokenizer=tokenizer, run=quiet,
                       snapshots=snapshots)  # fmt: skip
 
     rows = []
@@ -134,6 +144,7 @@ def main() -> int:
     report = {
         **header("learning_curve"),
         "recipe": dataclasses.asdict(cfg),
+        "transformer": to_dict(arch),
         "images": args.images,
         "vae": {**vae_report, "config": to_dict(vae.cfg)},
         "sampling": to_dict(SAMPLING_CANDIDATES[0]),
