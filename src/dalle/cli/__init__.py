@@ -72,3 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dalle {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from dalle.train import distributed
+
+        distributed.teardown()

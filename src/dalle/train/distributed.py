@@ -30,6 +30,13 @@ def setup() -> int:
     return world_size()
 
 
+def teardown() -> None:
+    """Leave the process group (every rank, at exit): a rank that exits while it still holds
+    one may abort in the communication threads' destructors."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
