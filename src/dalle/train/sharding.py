@@ -82,12 +82,12 @@ class Sharded:
             distributed.ObjectiveModule(self.model, objective), mesh=mesh, mp_policy=policy
         )
         self.module.to_empty(device=device)
-        self._fill_from_rank0(device)
+        self._fill_from_rank0()
         # The caller's copy is no longer trained: rank 0 keeps it (on the CPU) for the full
         # weights, the other ranks free it.
         model.to("cpu" if distributed.is_main() else "meta")
 
-    def _fill_from_rank0(self, device: torch.device) -> None:
+    def _fill_from_rank0(self) -> None:
         """Rank 0's weights into every rank's shards, and its buffers (the non-persistent
         ones, e.g. attention masks, are in no state dict) into every rank's copy."""
         main = distributed.is_main()
