@@ -9,7 +9,7 @@ snapshot gets the demo's usual sampling defaults (temperature 0.5, guidance 2) a
 48 fresh prompts x 4, seen pairs, held-out pairs and two-object prompts.
 
     python benchmarks/learning_curve.py [--steps 6000] [--snapshots 750,1500,3000,4500,6000]
-        [--lr LR] [--batch-size B] [--dim D --depth L --heads H] [--images N]
+        [--lr LR] [--batch-size B] [--optimizer adamw|muon] [--dim D --depth L --heads H] [--images N]
         [--work DIR] [--json FILE]
 
 Seconds are the transformer's training seconds at that step (``elapsed_s`` of its
@@ -67,6 +67,8 @@ def main() -> int:
     parser.add_argument("--snapshots", default="750,1500,3000,4500,6000")
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
+                        help="default: the recipe's (adamw)")  # fmt: skip
     parser.add_argument("--vae-downsample", type=int, default=None,
                         help="pixels per code side (default: the shapes preset's 4)")  # fmt: skip
     parser.add_argument("--vae-vocab", type=int, default=None, help="dVAE codebook size")
@@ -114,7 +116,7 @@ def main() -> int:
         precision="bf16" if bf16_pays_off() else "fp32",
         colour_dropout=COLOUR_DROPOUT if vae.cfg.palette else 0.0,
     )
-    changes = {"lr": args.lr, "batch_size": args.batch_size}
+    changes = {"lr": args.lr, "batch_size": args.batch_size, "optimizer": args.optimizer}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     shape = {"dim": args.dim, "depth": args.depth, "heads": args.heads}
     arch = dataclasses.replace(

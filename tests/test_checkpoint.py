@@ -4,6 +4,7 @@ a damaged newest checkpoint falls back to the one before; only the newest K are 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -33,8 +34,10 @@ def _data():
     return torch.randint(1, 20, (24, 4), generator=g), torch.randint(0, 8, (24, 4), generator=g)
 
 
-def _run(run_dir: Path, stop_at: int | None = None, resume: bool = False) -> DALLE:
-    """Train a fresh model (init seed 0) for TRAIN.steps; ``stop_at`` raises after that step."""
+def _run(
+    run_dir: Path, stop_at: int | None = None, resume: bool = False, train=TRAIN
+) -> DALLE:
+    """Train a fresh model (init seed 0) for ``train.steps``; ``stop_at`` raises after that step."""
     from dalle.train.loop import Callback
 
     torch.manual_seed(0)
@@ -46,8 +49,8 @@ def _run(run_dir: Path, stop_at: int | None = None, resume: bool = False) -> DAL
             raise Stop
 
     callbacks = [Callback(1, stop)] if stop_at else []
-    batches = token_batches(text, codes, TRAIN.batch_size, TRAIN.seed)
-    fit_transformer(model, TRAIN, batches, run_dir, callbacks, False, CheckpointConfig(every=2), resume)
+    batches = token_batches(text, codes, train.batch_size, train.seed)
+    fit_transformer(model, train, batches, run_dir, callbacks, False, CheckpointConfig(every=2), resume)
     return model
 
 
@@ -70,6 +73,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_a_muon_run_resumes_bit_identically(tmp_path):
+    muon = dataclasses.replace(TRAIN, optimizer="muon")
+    whole = _run(tmp_path / "whole", train=muon)
+    assert not _equal(whole, _run(tmp_path / "adamw"))
+    with pytest.raises(Stop):
+        _run(tmp_path / "cut", stop_at=5, train=muon)
+    assert _equal(whole, _run(tmp_path / "cut", resume=True, train=muon))
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -176,6 +188,7 @@ def test_resume_accepts_a_run_started_by_older_code_as_it_was(tmp_path):
     new = {"model": model, "train": train, "rows": 4}
     old = copy.deepcopy(new)
     del old["model"]["conv_kernel"]  # written before the field was added (at its default)
+    del old["train"]["optimizer"]
     old["model"] |= {"text_alibi": False, "text_depth": 0}  # and with options since removed
     old["train"] |= {"word_dropout": 0.0, "code_dropout": 0.0}
     record_settings(tmp_path, old, resume=False)

@@ -72,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="keep a moving average of the weights (e.g. 0.999) and save it as the model",
     )
     t.add_argument(
+        "--optimizer",
+        choices=("adamw", "muon"),
+        help="adamw (default), or muon: Muon for the blocks' weight matrices, AdamW for the rest",
+    )
+    t.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
@@ -157,6 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
         "accumulate": args.accumulate,
         "precision": args.precision,
         "ema": args.ema,
+        "optimizer": args.optimizer,
     }
     train_cfg = with_overrides(TransformerTrainConfig(), overrides)  # checked before encoding
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")

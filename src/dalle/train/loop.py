@@ -128,8 +128,8 @@ class Trainer:
         self.world, self.main = distributed.world_size(), distributed.is_main()
         self.sharded: Sharded | None = None
         if shard and self.world > 1:
-            if cfg.ema is not None or cfg.precision == "fp16":
-                raise ValueError("--shard trains in fp32 or bf16 without --ema")
+            if cfg.ema is not None or cfg.precision == "fp16" or cfg.optimizer != "adamw":
+                raise ValueError("--shard trains with AdamW in fp32 or bf16 without --ema")
             self.sharded = Sharded(model, objective, bf16=cfg.precision == "bf16")
             self.model, self.compute = self.sharded.model, self.sharded.module
             self.device = self.sharded.device

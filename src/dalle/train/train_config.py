@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 from dalle.config import require
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")  # see dalle.train.optimizer
 DEFAULT_VOCAB_SIZE = 1024  # caption BPE ids, [PAD] and the 256 byte tokens included
 
 
@@ -42,8 +43,13 @@ class OptimConfig:
     precision: str = "fp32"
     max_bad_steps: int = 5
     ema: float | None = None  # decay of an exponential moving average of the weights
+    optimizer: str = "adamw"  # or "muon" for the hidden blocks' matrices (dalle.train.optimizer)
 
     def __post_init__(self) -> None:
+        require(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
         require(
             self.steps >= 1 and self.accumulate >= 1 and self.max_bad_steps >= 1,
             f"steps, accumulate and max_bad_steps must be >= 1, got {self.steps}, "
@@ -249,6 +255,7 @@ class TransformerTrainConfig:
     accumulate: int = 1  # batches per optimisation step
     precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
     ema: float | None = None  # decay of a moving average of the weights, which is the result
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
 
     # Options measured as losers (docs/experiments.md) and removed: a run folder's recorded
     # settings hold them off, at these values, and still resume.
@@ -272,6 +279,7 @@ class TransformerTrainConfig:
             accumulate=self.accumulate,
             precision=self.precision,
             ema=self.ema,
+            optimizer=self.optimizer,
         )
 
 
