@@ -64,7 +64,7 @@ class GroupedDALLE(nn.Module):
 
     def groups(self, image: torch.Tensor) -> torch.Tensor:
         """Raster codes ``(B, grid**2)`` -> ``(B, groups, GROUP**2)`` in group-major order."""
-        b, s, g = image.shape[0], self.cfg.image_grid, self.cfg.image_grid // GROUP
+        b, g = image.shape[0], self.cfg.image_grid // GROUP
         x = image.reshape(b, g, GROUP, g, GROUP).permute(0, 1, 3, 2, 4)
         return x.reshape(b, g * g, self.n)
 
