@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from common import REPO, RESULTS, header, run_timed, write_json
+from dalle.train.train_config import OPTIMIZERS
 
 TWO_OBJECT_BAR = 0.5
 
@@ -67,7 +68,7 @@ def main() -> int:
     parser.add_argument("--snapshots", default="750,1500,3000,4500,6000")
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                         help="default: the recipe's (adamw)")  # fmt: skip
     parser.add_argument("--vae-downsample", type=int, default=None,
                         help="pixels per code side (default: the shapes preset's 4)")  # fmt: skip

@@ -19,6 +19,7 @@ from dalle.cli.common import (
     vae_dir,
     with_overrides,
 )
+from dalle.train.train_config import OPTIMIZERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--optimizer",
-        choices=("adamw", "muon"),
+        choices=OPTIMIZERS,
         help="adamw (default), or muon: Muon for the blocks' weight matrices, AdamW for the rest",
     )
     t.add_argument(

@@ -55,8 +55,7 @@ class MuonAdamW:
         self.muon = torch.optim.Muon(
             matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
         )
-        rest = param_groups(model, cfg.weight_decay, frozenset(id(p) for p in matrices))
-        self.adamw = torch.optim.AdamW(rest, lr=cfg.lr, betas=cfg.betas, fused=fusable(model))
+        self.adamw = adamw(model, cfg, frozenset(id(p) for p in matrices))
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -87,7 +86,14 @@ class MuonAdamW:
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonAdamW:
     if cfg.optimizer == "muon":
         return MuonAdamW(model, cfg)
-    groups = param_groups(model, cfg.weight_decay)
+    return adamw(model, cfg)
+
+
+def adamw(
+    model: torch.nn.Module, cfg: OptimConfig, exclude: frozenset[int] = frozenset()
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (less ``exclude``), fused where :func:`fusable`."""
+    groups = param_groups(model, cfg.weight_decay, exclude)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fusable(model))
 
 
