@@ -23,6 +23,7 @@ from dalle.train.transformer_trainer import fit_transformer
 CFG = TransformerConfig(text_vocab=20, text_len=4, image_vocab=8, image_grid=2, dim=16,
                         depth=1, heads=2, dropout=0.1, attention=("full",))  # fmt: skip
 TRAIN = TransformerTrainConfig(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, caption_dropout=0.5)
+ADAMW = dataclasses.replace(TRAIN, optimizer="adamw")
 
 
 class Stop(Exception):
@@ -75,13 +76,12 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert steps == sorted(set(steps))  # no step logged twice
 
 
-def test_a_muon_run_resumes_bit_identically(tmp_path):
-    muon = dataclasses.replace(TRAIN, optimizer="muon")
-    whole = _run(tmp_path / "whole", train=muon)
-    assert not _equal(whole, _run(tmp_path / "adamw"))
+def test_an_adamw_run_resumes_bit_identically(tmp_path):
+    whole = _run(tmp_path / "whole", train=ADAMW)
+    assert TRAIN.optimizer == "muon" and not _equal(whole, _run(tmp_path / "muon"))
     with pytest.raises(Stop):
-        _run(tmp_path / "cut", stop_at=5, train=muon)
-    assert _equal(whole, _run(tmp_path / "cut", resume=True, train=muon))
+        _run(tmp_path / "cut", stop_at=5, train=ADAMW)
+    assert _equal(whole, _run(tmp_path / "cut", resume=True, train=ADAMW))
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -178,7 +178,8 @@ def test_train_vae_resume_needs_a_one_phase_recipe(tmp_path, capsys):
 
 
 def test_resume_accepts_a_run_started_by_older_code_as_it_was(tmp_path):
-    """Recorded settings that lack a field added since resume when it is at its default; ones
+    """Recorded settings that lack a field added since resume when it is at its default (at
+    its old value, for a field whose default changed since: ``CHANGED_DEFAULTS``); ones
     that hold an option removed since (a config's ``REMOVED_FIELDS``) resume when it was off,
     and are a clear error when it was on."""
     from dalle.train.run import record_settings
@@ -192,14 +193,19 @@ def test_resume_accepts_a_run_started_by_older_code_as_it_was(tmp_path):
     old["model"] |= {"text_alibi": False, "text_depth": 0}  # and with options since removed
     old["train"] |= {"word_dropout": 0.0, "code_dropout": 0.0}
     record_settings(tmp_path, old, resume=False)
-    record_settings(tmp_path, new, resume=True, configs=configs)  # unchanged: accepted
-    record_settings(tmp_path, old, resume=False)
     changed = copy.deepcopy(new)
     changed["model"]["conv_kernel"] = 3
     with pytest.raises(ValueError, match="--resume needs the settings"):
         record_settings(tmp_path, changed, resume=True, configs=configs)
     with pytest.raises(ValueError, match="--resume needs the settings"):  # no configs known
         record_settings(tmp_path, new, resume=True)
+    # A field whose default changed: a run recorded without it resumes at the old value only.
+    assert new["train"]["optimizer"] == "muon"
+    with pytest.raises(ValueError, match="--resume needs the settings"):
+        record_settings(tmp_path, new, resume=True, configs=configs)
+    new["train"]["optimizer"] = "adamw"
+    record_settings(tmp_path, new, resume=True, configs=configs)  # unchanged: accepted
+    record_settings(tmp_path, old, resume=False)
     with pytest.raises(ValueError, match="--resume needs the settings"):  # a field dropped
         record_settings(tmp_path, {**new, "model": {}}, resume=True, configs=configs)
     with pytest.raises(ValueError, match="--resume needs the settings"):  # a value changed

@@ -91,9 +91,9 @@ def test_muon_adamw_state_round_trips_exactly():
         opt.load_state_dict(torch.optim.AdamW(resumed.parameters()).state_dict())
 
 
-def test_adamw_stays_the_default():
-    assert TransformerTrainConfig().optim().optimizer == "adamw"
-    opt = make_optimizer(_model(), OptimConfig(steps=1, lr=1e-2))
+def test_the_transformer_trains_with_muon_by_default_and_the_loop_with_adamw():
+    assert TransformerTrainConfig().optim().optimizer == "muon"
+    opt = make_optimizer(_model(), OptimConfig(steps=1, lr=1e-2))  # the dVAE's and CLIP's
     assert type(opt) is torch.optim.AdamW
     assert isinstance(make_optimizer(_model(), OptimConfig(steps=1, lr=1e-2, optimizer="muon")), MuonAdamW)
 

@@ -187,6 +187,7 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
         "transformer": {
             "steps": train_cfg.steps,
             "precision": train_cfg.precision,
+            "optimizer": train_cfg.optimizer,
             "colour_dropout": train_cfg.colour_dropout,
             "compiled": COMPILE,
             "config": dataclasses.asdict(pipe.transformer.cfg),

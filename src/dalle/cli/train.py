@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        help="adamw (default), or muon: Muon for the blocks' weight matrices, AdamW for the rest",
+        help="muon (default; adamw with --shard): Muon for the blocks' weight matrices, AdamW "
+        "for the rest; or adamw for every parameter",
     )
     t.add_argument(
         "--precision",
@@ -163,7 +164,8 @@ def run_train(args: argparse.Namespace) -> int:
         "accumulate": args.accumulate,
         "precision": args.precision,
         "ema": args.ema,
-        "optimizer": args.optimizer,
+        # Sharded training updates its slices with AdamW (Muon needs whole matrices).
+        "optimizer": args.optimizer or ("adamw" if args.shard else None),
     }
     train_cfg = with_overrides(TransformerTrainConfig(), overrides)  # checked before encoding
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")

@@ -129,7 +129,9 @@ class Trainer:
         self.sharded: Sharded | None = None
         if shard and self.world > 1:
             if cfg.ema is not None or cfg.precision == "fp16" or cfg.optimizer != "adamw":
-                raise ValueError("--shard trains with AdamW in fp32 or bf16 without --ema")
+                raise ValueError(
+                    "--shard trains with --optimizer adamw in fp32 or bf16 without --ema"
+                )
             self.sharded = Sharded(model, objective, bf16=cfg.precision == "bf16")
             self.model, self.compute = self.sharded.model, self.sharded.module
             self.device = self.sharded.device

@@ -60,15 +60,16 @@ def record_settings(
     refuse settings other than those recorded. ``configs`` names the config class whose
     ``to_dict`` a group of ``settings`` is (``{"train": TransformerTrainConfig}``), so that a
     run started by older code resumes as it was: a field added to the class since, which the
-    recorded file lacks, counts as unchanged at its default, and a field removed since
-    (the class's ``REMOVED_FIELDS``) is dropped from the recorded file at its off value (on,
-    it is an error: :func:`dalle.config_io.drop_removed`)."""
-    from dalle.config_io import drop_removed, to_dict
+    recorded file lacks, counts as unchanged at its default (a field whose default changed
+    since: at the old value the class's ``CHANGED_DEFAULTS`` names), and a field removed
+    since (the class's ``REMOVED_FIELDS``) is dropped from the recorded file at its off value
+    (on, it is an error: :func:`dalle.config_io.drop_removed`)."""
+    from dalle.config_io import drop_removed
     from dalle.io import write_json_atomic
 
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
     configs = configs or {}
-    defaults = json.loads(json.dumps({k: to_dict(cls()) for k, cls in configs.items()}))
+    defaults = json.loads(json.dumps({k: _old_defaults(cls) for k, cls in configs.items()}))
     recorded = out / "train_config.json"
     if resume and recorded.is_file():
         old = json.loads(recorded.read_text())
@@ -81,6 +82,13 @@ def record_settings(
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(recorded, settings)
+
+
+def _old_defaults(cls: type) -> dict[str, Any]:
+    """The settings a run recorded by older code without a field of ``cls`` had for it."""
+    from dalle.config_io import to_dict
+
+    return to_dict(cls()) | getattr(cls, "CHANGED_DEFAULTS", {})
 
 
 def _same(recorded: Any, settings: Any, defaults: Any) -> bool:
