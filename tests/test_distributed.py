@@ -56,6 +56,10 @@ def tiny_run(tmp_path: Path):
         a = ["train", "--vae", str(tmp_path / "vae"), "--tokens", str(tokens)]
         a += ["--out", str(tmp_path / out), "--steps", str(steps), "--batch-size", "8"]
         a += ["--caption-dropout", "0", "--save-every", str(steps)]
+        # AdamW, so that the ranks' averaged gradients are compared exactly (--shard trains
+        # with AdamW unless told otherwise, and is left to that default).
+        if not {"--optimizer", "--shard"} & set(options):
+            a += ["--optimizer", "adamw"]
         return a + ["--checkpoint-every", str(steps), *options]
 
     return args
@@ -112,22 +116,23 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
         ["--activation-checkpointing"],
         ["--shard"],
         ["--shard", "--accumulate", "2", "--activation-checkpointing"],
+        ["--optimizer", "muon"],
     ],
     ids=str,
 )
 def test_two_gloo_ranks_equal_one_process(tmp_path, extra):
     args = tiny_run(tmp_path)
     # The reference: one process, unsharded, never checkpointing activations.
-    reference = [x for x in extra if x not in SINGLE_PROCESS_ONLY]
-    if "--shard" in extra:  # which trains with AdamW, not the default Muon
-        reference += ["--optimizer", "adamw"]
-    assert main(args("one", reference)) == 0
+    assert main(args("one", [x for x in extra if x not in SINGLE_PROCESS_ONLY])) == 0
     done = torchrun(args("two", extra))
     assert done.returncode == 0, errors(done)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
+    # Muon orthogonalises each update in bf16 (torch.optim.Muon), so the ranks' last-bit
+    # differences in the averaged gradient can move a weight by a bf16 step of lr 3e-3 a step.
+    atol = 1e-4 if "muon" in extra else 1e-5
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0)
     # Training moved the weights (the comparison is not between two untouched inits), and
     # only rank 0 logged.
     cfg = DALLE.load(tmp_path / "two" / "model" / "transformer").cfg
