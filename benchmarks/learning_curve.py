@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from common import REPO, RESULTS, header, run_timed, write_json
-from dalle.train.train_config import OPTIMIZERS
+from dalle.train.train_config import OPTIMIZERS, TransformerTrainConfig
 
 TWO_OBJECT_BAR = 0.5
 
@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                        help="default: the recipe's (adamw)")  # fmt: skip
+                        help=f"default: the recipe's ({TransformerTrainConfig.optimizer})")  # fmt: skip
     parser.add_argument("--vae-downsample", type=int, default=None,
                         help="pixels per code side (default: the shapes preset's 4)")  # fmt: skip
     parser.add_argument("--vae-vocab", type=int, default=None, help="dVAE codebook size")
@@ -96,7 +96,6 @@ def main() -> int:
     from dalle.pipeline import DallePipeline
     from dalle.train import (
         RunConfig,
-        TransformerTrainConfig,
         encode,
         train_tokenizer,
         train_transformer,
