@@ -237,8 +237,9 @@ class TransformerTrainConfig:
     """Optimisation of the transformer (paper App. B.2, scaled down to minutes on a CPU)."""
 
     steps: int = 3000
-    # Batch 8 x 1 200 steps beat 16 x 600 (the same sequences) on the 48-prompt benchmark:
-    # seen 36.2 % vs 31.0 %, held-out 11.8 % vs 3.9 %; lr 6e-3 gave 32.8 / 10.5.
+    # With Muon, batch 16 x 1 500 steps (391 s) drew 78.4 / 81.6 / 65.5 % (seen / held-out /
+    # two-object), level with batch 8 x 3 020 steps (407 s): the same sequences
+    # (docs/results.md#learning-curves). Batch 8 keeps more steps in a short budget.
     batch_size: int = 8
     lr: float = 3e-3
     warmup_steps: int = 100
