@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The long CPU recipe: the demo's recipe (`dalle demo`) with a 55-minute budget instead of 9 (a
 # larger dVAE share up to its cap, 40 000 encoded scenes, the rest to the transformer, the
-# demo's precision and compiled step), then the prompt-fidelity benchmark on fresh prompts with the
-# model's own sampling defaults (no sampling flags).
+# demo's precision and compiled step), then the prompt-fidelity benchmark on fresh prompts
+# with the model's own sampling defaults (no sampling flags).
 #   bash benchmarks/long_recipe.sh [RUN_DIR]      (MINUTES=55 by default; JSON names the result)
 set -euo pipefail
 RUN=$(realpath -m "${1:-$(dirname "$0")/../runs/long}")
