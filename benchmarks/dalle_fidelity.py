@@ -176,6 +176,9 @@ def main() -> int:
     fid = fidelity(shown)
     rows = breakdown(results)
     model_report = args.model.parent / "report.json"
+    saved_file = args.model / "generation.json"  # the defaults that apply where no flag is given
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    rerank = args.rerank if args.rerank is not None else (saved or {}).get("rerank")
     result = {
         **header("dalle_fidelity"),
         "generate_command": " ".join(cmd[1:]),
@@ -183,7 +186,8 @@ def main() -> int:
         "prompts": len(prompts),
         "samples_per_prompt": args.samples,
         "rerank": args.rerank,
-        "candidates_per_prompt": per_prompt,
+        "saved_sampling": saved,
+        "candidates_per_prompt": args.samples * (rerank or 1),
         "generate_wall_s": round(wall, 1),
         "fidelity": fid,
         "breakdown": rows,

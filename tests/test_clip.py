@@ -20,6 +20,7 @@ from dalle.models.clip import CLIP, caption_positives
 from dalle.models.dalle_transformer import DALLE
 from dalle.models.vae import DiscreteVAE
 from dalle.pipeline import DallePipeline
+from dalle.sampler import Sampler
 from dalle.tokenizer import Tokenizer
 from dalle.train.clip_trainer import clip_loss
 
@@ -180,6 +181,28 @@ def test_rerank_keeps_the_best_candidates_in_order(pipeline_dir):
         assert (got - want).abs().max() <= 1 / 255 + 1e-6
     with pytest.raises(ValueError, match="rerank must be an integer >= 1"):
         pipe(prompts, rerank=0)
+
+
+def test_a_saved_rerank_default_applies_and_an_override_turns_it_off(pipeline_dir):
+    """A folder whose generation.json reranks (as the demo's may) reranks every call that does
+    not say otherwise, exactly as ``rerank=N`` would; ``rerank=None`` draws plainly."""
+    pipe = DallePipeline.from_pretrained(pipeline_dir)
+    torch.manual_seed(1)
+    pipe.clip = CLIP(dataclasses.replace(TINY, text_vocab=pipe.tokenizer.vocab_size)).eval()
+    prompts = ["a red circle", "a blue square at the top"]
+    asked = pipe(prompts, num_images=2, seed=5, rerank=3)
+    plain = pipe(prompts, num_images=2, seed=5)
+    pipe.sampler = Sampler(rerank=3)
+    saved = pipe(prompts, num_images=2, seed=5)
+    assert saved.scores == asked.scores and plain.scores is None
+    assert [np.asarray(x).tobytes() for x in saved.images] == [
+        np.asarray(x).tobytes() for x in asked.images
+    ]
+    off = pipe(prompts, num_images=2, seed=5, rerank=None)
+    assert off.scores is None
+    assert [np.asarray(x).tobytes() for x in off.images] == [
+        np.asarray(x).tobytes() for x in plain.images
+    ]
 
 
 def test_a_variation_is_reranked_by_similarity_to_its_source(pipeline_dir):
