@@ -158,6 +158,7 @@ def main() -> int:
 
     from dalle.eval.shapes_breakdown import PromptResult, breakdown
     from dalle.eval.shapes_fidelity import fidelity, open_pairs, read_manifest
+    from dalle.model_folder import GENERATION_FILE
 
     prompts = fresh_prompts(args.prompts, args.prompt_seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,7 @@ def main() -> int:
     fid = fidelity(shown)
     rows = breakdown(results)
     model_report = args.model.parent / "report.json"
-    saved_file = args.model / "generation.json"  # the defaults that apply where no flag is given
+    saved_file = args.model / GENERATION_FILE  # the defaults that apply where no flag is given
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
     rerank = args.rerank if args.rerank is not None else (saved or {}).get("rerank")
     result = {

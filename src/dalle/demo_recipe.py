@@ -56,8 +56,8 @@ MAX_ENCODE = 40_000
 CLIP_SHARE = 0.08
 # Choosing the sampling defaults and drawing the final samples (RERANK candidates per image,
 # then a draw without reranking to compare with) do the same work whatever the budget:
-# measured 9 s and 34 s (bf16 compiled demo, 570 s budget). They get FINISH_S, or in a small budget (a
-# test's) FINISH_SHARE of it.
+# measured 9 s and 34 s (bf16 compiled demo, 570 s budget). They get FINISH_S, or in a small
+# budget (a test's) FINISH_SHARE of it.
 FINISH_S = 46.0
 FINISH_SHARE = 0.085
 TOKENIZER_CAPTIONS = 4000
