@@ -219,3 +219,67 @@ def test_bf16_pays_off_answers_from_a_quick_timing():
     answer = bf16_pays_off()
     assert isinstance(answer, bool) and time.perf_counter() - t0 < 10
 
+
+
+class FakeClock:
+    """A clock that a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_step_plan_fills_its_seconds_from_the_measured_step_time():
+    from dalle.train.loop import StepPlan
+
+    clock = FakeClock()
+    plan = StepPlan(100.0, skip=10, every=25, clock=clock)
+    steps = 1000  # a probe's plan, far too many for 100 s at 1 s a step
+    clock.now = 5.0  # a compile in the first step: not counted as the rate
+    for done in range(1, 36):
+        clock.now += 1.0
+        steps = plan.steps(done, steps)
+        if done < 35:
+            assert steps == 1000  # re-planned only every 25 steps after the first 10
+    # At 35 steps, 40 s have passed; 60 s are left at 1 s a step.
+    assert clock.now == 40.0 and steps == 35 + 60
+    for done in range(36, 61):  # the machine slows to 2 s a step
+        clock.now += 2.0
+        steps = plan.steps(done, steps)
+    # 90 s gone at 60 steps, (90 - 15) s / 50 steps since step 10: 1.5 s a step, 10 s left.
+    assert steps == 60 + 6
+    clock.now = 200.0  # past the limit: the run ends at the step it is on
+    assert plan.steps(85, steps) == 85
+    with pytest.raises(ValueError, match="time limit must be > 0"):
+        StepPlan(0.0)
+
+
+def test_a_run_with_a_time_limit_ends_on_time_with_its_schedule_decayed(tmp_path):
+    import json
+    import time
+
+    model = _model()
+    cfg = OptimConfig(steps=2000, lr=0.1, warmup_steps=5, min_lr_ratio=0.1)
+    t0 = time.perf_counter()
+    train(model, Timed(0.01), itertools.cycle(_batches(4, 8)), cfg, tmp_path, progress=False,
+          seconds=1.5)  # fmt: skip
+    took = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 1.2 < took < 2.0
+    assert 40 <= rows[-1]["step"] <= 150  # ~1.5 s / (0.01 s + overhead), not 2 000
+    assert rows[-1]["lr"] < 0.13  # the cosine ran down to the re-planned end (0.1 x 0.1 there)
+    grown = _model()  # a plan of too few steps grows to fill the seconds
+    train(grown, Timed(0.01), itertools.cycle(_batches(4, 8)), replace_steps(cfg, 40),
+          tmp_path / "grown", progress=False, seconds=1.5)  # fmt: skip
+    last = json.loads((tmp_path / "grown" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] > 60
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(_model(), Timed(0.0), iter([]), cfg, tmp_path, seconds=1.0, resume=True)
+
+
+def replace_steps(cfg: OptimConfig, steps: int) -> OptimConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, steps=steps)

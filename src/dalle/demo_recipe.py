@@ -141,23 +141,26 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
     clock.lap("encode_s")
 
     # The transformer gets what CLIP, the sampling choice and the samples leave (fidelity
-    # climbs steeply with its steps). Its step-time probe times the trainer's own step, but
-    # the run also logs and saves.
+    # climbs steeply with its steps). A step-time probe makes the first plan of its steps;
+    # the run re-plans them from its own step time to end on time (dalle.train.loop.StepPlan).
     after = CLIP_SHARE * budget + min(FINISH_S, FINISH_SHARE * budget)
-    seconds = 0.95 * (budget - clock.elapsed() - after)
+    seconds = budget - clock.elapsed() - after
     print(f"[3/6] transformer: {seconds:.0f} s", flush=True)
     colour_dropout = COLOUR_DROPOUT if vae.cfg.palette else 0.0
     precision = "bf16" if bf16_pays_off() else "fp32"
     train_cfg = TransformerTrainConfig(
         seed=seed, precision=precision, colour_dropout=colour_dropout
     )
+    probe_start = time.perf_counter()
     steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg, compile=COMPILE)
     train_cfg = dataclasses.replace(train_cfg, steps=steps)
-    run = dataclasses.replace(quiet, compile=COMPILE)
+    left = seconds - (time.perf_counter() - probe_start)
+    run = dataclasses.replace(quiet, compile=COMPILE, seconds=left if left > 0 else None)
     trained = train_transformer(
         tokens, vae, runs / "transformer", train_cfg, tokenizer=tokenizer, run=run
     )
     pipe = trained.model
+    trained_steps = int(trained.metrics["step"])  # the re-planned count
     clock.lap("transformer_s")
 
     print(f"[4/6] CLIP: {CLIP_SHARE * budget:.0f} s", flush=True)
@@ -188,7 +191,8 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
         "timings": clock.timings,
         "vae": vae_report,
         "transformer": {
-            "steps": train_cfg.steps,
+            "steps": trained_steps,
+            "planned_steps": train_cfg.steps,
             "precision": train_cfg.precision,
             "optimizer": train_cfg.optimizer,
             "colour_dropout": train_cfg.colour_dropout,

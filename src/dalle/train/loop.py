@@ -88,10 +88,14 @@ def train(
     checkpoint: CheckpointConfig | None = None,
     resume: bool = False,
     shard: bool = False,
+    seconds: float | None = None,
 ) -> dict[str, float]:
     """Run ``cfg.steps`` optimisation steps; returns the last logged metrics. ``step_offset``
     shifts the step numbers that metrics and callbacks see (a later phase of one run).
     ``shard``: under ``torchrun``, FSDP2 instead of DDP (:mod:`dalle.train.sharding`).
+    With ``seconds`` the run ends that many wall-clock seconds after it starts: ``cfg.steps``
+    is only the first plan, re-planned from the run's own measured step time
+    (:class:`StepPlan`), and the learning-rate schedule follows the plan.
 
     With ``checkpoint``, the full training state is saved every ``checkpoint.every`` steps, at
     the end and on Ctrl-C. ``resume`` restores the newest checkpoint in ``run_dir`` and draws
@@ -100,8 +104,47 @@ def train(
     """
     if checkpoint is not None and step_offset:
         raise ValueError("checkpoints cover single-phase runs (step_offset 0)")
+    if seconds is not None and resume:
+        raise ValueError("a run with a time limit cannot resume: its step count is not fixed")
     trainer = Trainer(model, objective, batches, cfg, Path(run_dir), checkpoint, shard)
-    return trainer.run(list(callbacks), desc, progress, step_offset, resume)
+    plan = StepPlan(seconds) if seconds is not None else None
+    return trainer.run(list(callbacks), desc, progress, step_offset, resume, plan)
+
+
+class StepPlan:
+    """How many steps fit in a run of ``seconds`` wall-clock seconds, re-planned as the run
+    goes: every ``every`` steps, the seconds left divided by the seconds per step measured
+    since step ``skip`` (so a first step's compile or warm-up does not count as the rate,
+    while every second of the loop, logging, saves and callbacks included, does).
+
+    A probe times a few steps before a run; the run itself is slower or faster (a machine's
+    clock under sustained load, its saves and callbacks): the demo's probe planned 342 s for
+    a transformer whose steps then took 406 s. Re-planning holds the run to its budget."""
+
+    def __init__(
+        self,
+        seconds: float,
+        skip: int = 10,
+        every: int = 25,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        if seconds <= 0:
+            raise ValueError(f"a run's time limit must be > 0 seconds, got {seconds}")
+        self.seconds, self.skip, self.every, self.clock = seconds, skip, every, clock
+        self.start = self.mark = clock()
+        self.marked = 0  # the step count at ``mark``
+
+    def steps(self, done: int, planned: int) -> int:
+        """The run's step count after ``done`` steps of a plan of ``planned``."""
+        now = self.clock()
+        if done <= self.skip:
+            self.mark, self.marked = now, done
+            return planned
+        if (done - self.skip) % self.every:
+            return planned
+        left = self.seconds - (now - self.start)
+        per_step = (now - self.mark) / (done - self.marked)
+        return done + max(0, int(left / per_step))
 
 
 class Trainer:
@@ -150,6 +193,7 @@ class Trainer:
             batches = (distributed.shard(b, rank, self.world) for b in batches)
         self.batches = batches
         self.gathered = -1  # the step whose weights the host model holds (sharded runs)
+        self.steps = cfg.steps  # the plan: a run with a time limit re-plans it
         self.done = self.skipped = self.in_a_row = self.samples = 0
         self.saved_at, self.saved_step = time.perf_counter(), 0
         self.last: dict[str, float] = {}
@@ -161,6 +205,7 @@ class Trainer:
         progress: bool = True,
         step_offset: int = 0,
         resume: bool = False,
+        plan: StepPlan | None = None,
     ) -> dict[str, float]:
         """The loop: step, log, checkpoint, call back; see :func:`train`."""
         cfg = self.cfg
@@ -170,17 +215,21 @@ class Trainer:
             next(self.batches)
         self.model.train()
         t0 = time.perf_counter()
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc,
-                   unit="step", disable=not (progress and self.main), dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(initial=start, total=self.steps, desc=desc, unit="step",
+                   disable=not (progress and self.main), dynamic_ncols=True)  # fmt: skip
         metrics_path = self.run_dir / "metrics.jsonl" if self.main else Path(os.devnull)
         with open(metrics_path, "a", encoding="utf-8") as log, sigint_at_step_end() as stop:
             try:
-                for step in bar:
-                    lr, loss, metrics = self.step(step, desc)
-                    self.done = step + 1
-                    if self.done % cfg.log_every == 0 or self.done == cfg.steps:
+                while self.done < self.steps:
+                    lr, loss, metrics = self.step(self.done, desc)
+                    self.done += 1
+                    bar.update()
+                    if plan is not None:
+                        self.steps = plan.steps(self.done, self.steps)
+                        bar.total = self.steps
+                    if self.done % cfg.log_every == 0 or self.done == self.steps:
                         self.log(log, bar, step_offset, lr, loss, metrics, t0)
-                    if self.ema is not None and self.done == cfg.steps:  # the average is the result
+                    if self.ema is not None and self.done == self.steps:  # the average is the result
                         self.model.load_state_dict(self.ema.module.state_dict())
                     if stop:  # Ctrl-C during this step: save it whole (below) and stop
                         raise KeyboardInterrupt
@@ -195,6 +244,8 @@ class Trainer:
                     self.save()  # the state after the last whole step
                     print(f"\n{desc}: interrupted; saved step {self.done}, continue with --resume")
                 raise
+            finally:
+                bar.close()
         self.gather()
         self.host.eval()
         return self.last
@@ -203,7 +254,7 @@ class Trainer:
         """One optimisation step at the scheduled learning rate; a step whose loss or gradient
         is not finite is skipped (``max_bad_steps`` in a row stop the run)."""
         cfg = self.cfg
-        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        lr = cfg.lr * lr_factor(step, self.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -298,14 +349,14 @@ class Trainer:
         if self.checkpoint is None:
             return
         since = time.perf_counter() - self.saved_at
-        if self.done == self.cfg.steps or self.checkpoint.due(self.done, self.saved_step, since):
+        if self.done == self.steps or self.checkpoint.due(self.done, self.saved_step, since):
             self.save()
 
     def call_back(self, callbacks: list[Callback], step_offset: int) -> None:
         """Rank 0 runs the callbacks due after this step, on the host model (a sharded run
         first gathers its full weights there)."""
         step = step_offset + self.done
-        due = [cb for cb in callbacks if cb.due(self.done, self.cfg.steps, step)]
+        due = [cb for cb in callbacks if cb.due(self.done, self.steps, step)]
         if due:
             self.gather()
         if not self.main:

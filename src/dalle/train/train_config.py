@@ -100,7 +100,10 @@ class RunConfig:
     recompute the rest there (a memory option: the same numbers, resumable either way);
     ``shard``: under ``torchrun`` the transformer is trained with FSDP2 instead of DDP, each
     rank holding a slice of its weights, gradients and optimizer state (sharded checkpoints;
-    the model folder still holds the full weights)."""
+    the model folder still holds the full weights). ``seconds``: the transformer's training
+    loop ends that many wall-clock seconds after it starts, its recipe's ``steps`` re-planned
+    from its own measured step time (:class:`dalle.train.loop.StepPlan`); such a run does not
+    resume."""
 
     save_every: int = 500
     checkpoint: CheckpointConfig | None = None
@@ -111,9 +114,18 @@ class RunConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     shard: bool = False
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         require(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
+        require(
+            self.seconds is None or self.seconds > 0,
+            f"a run's time limit must be > 0 seconds, got {self.seconds}",
+        )
+        require(
+            not (self.seconds is not None and self.resume),
+            "a run with a time limit cannot resume: its step count is not fixed",
+        )
         require(not (self.shard and self.compile), "--compile does not combine with --shard yet")
 
 

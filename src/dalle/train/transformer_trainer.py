@@ -173,9 +173,10 @@ def fit_transformer(
     compile: bool = False,
     activation_checkpointing: bool = False,
     shard: bool = False,
+    seconds: float | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(text, codes)`` batches; returns the last metrics.
-    ``checkpoint`` and ``resume`` as in :func:`dalle.train.loop.train`; ``compile`` as in
+    ``checkpoint``, ``resume`` and ``seconds`` as in :func:`dalle.train.loop.train`; ``compile`` as in
     :class:`DalleObjective`; ``activation_checkpointing`` recomputes each block in the
     backward pass (:attr:`dalle.models.transformer.Transformer.checkpointing`); ``shard``
     trains with FSDP2 under ``torchrun`` (:mod:`dalle.train.sharding`)."""
@@ -183,7 +184,8 @@ def fit_transformer(
     model.transformer.checkpointing = activation_checkpointing
     objective = DalleObjective(cfg, torch.Generator().manual_seed(cfg.seed), compile)
     return train(model, objective, batches, cfg.optim(), run_dir, list(callbacks), "train",
-                 progress, checkpoint=checkpoint, resume=resume, shard=shard)  # fmt: skip
+                 progress, checkpoint=checkpoint, resume=resume, shard=shard,
+                 seconds=seconds)  # fmt: skip
 
 
 def sized_config(model: TransformerConfig, tokenizer: Tokenizer, vae: DiscreteVAE) -> TransformerConfig:
@@ -239,6 +241,8 @@ def train_transformer(
     keep = frozenset(snapshots)
     if any(not 1 <= s <= cfg.steps for s in keep):
         raise ValueError(f"snapshots must be steps from 1 to {cfg.steps}, got {sorted(keep)}")
+    if keep and run.seconds is not None:
+        raise ValueError("snapshots need a fixed step count: a run with a time limit re-plans it")
     if cfg.batch_size > len(tokens):
         raise ValueError(f"--batch-size {cfg.batch_size} is more than the {len(tokens)} token rows")
     if tokenizer is None:
@@ -277,5 +281,5 @@ def train_transformer(
         callbacks.append(Callback(1, snapshot, at=keep))
     metrics = fit_transformer(pipe.transformer, cfg, batches, out, callbacks, run.progress,
                               run.checkpoint, run.resume, run.compile,
-                              run.activation_checkpointing, run.shard)  # fmt: skip
+                              run.activation_checkpointing, run.shard, run.seconds)  # fmt: skip
     return Trained(pipe, out, metrics)
