@@ -215,3 +215,33 @@ def test_resume_accepts_a_run_started_by_older_code_as_it_was(tmp_path):
     message = "train_config.json: word_dropout=0.15 was an experimental option of TransformerTrainConfig, since removed (see docs/experiments.md)"
     with pytest.raises(ValueError, match=re.escape(message)):
         record_settings(tmp_path, new, resume=True, configs=configs)
+
+
+def test_cli_train_for_minutes_re_plans_its_steps_to_end_on_time(tmp_path, capsys):
+    """`dalle train --minutes`: a plan of 100 000 steps ends after about its 3 seconds on the
+    schedule of the re-planned count; with --resume it is a clear error before any work."""
+    import json
+    import time
+
+    from dalle.config import VAEConfig
+    from dalle.models.vae import DiscreteVAE
+    from dalle.train.schedules import lr_factor
+
+    torch.manual_seed(0)
+    DiscreteVAE(VAEConfig(downsample=16, vocab_size=16, n_hid=8, n_init=8)).save(tmp_path / "vae")
+    tokens = tmp_path / "tokens.safetensors"
+    argv = ["encode", "--vae", str(tmp_path / "vae"), "--data", "shapes", "--num", "16"]
+    assert main([*argv, "--out", str(tokens)]) == 0
+    argv = ["train", "--vae", str(tmp_path / "vae"), "--tokens", str(tokens), "--out"]
+    argv += [str(tmp_path / "run"), "--steps", "100000", "--batch-size", "4", "--minutes", "0.05"]
+    t0 = time.perf_counter()
+    assert main(argv) == 0
+    took = time.perf_counter() - t0
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(rows[-1])
+    assert took < 15 and 35 < last["step"] < 100_000  # re-planned at least once, then ended
+    n = last["step"]  # the last step's lr is the schedule's at the re-planned end
+    assert last["lr"] == pytest.approx(3e-3 * lr_factor(n - 1, n, 100, 0.05))
+    capsys.readouterr()
+    assert main([*argv[:6], str(tmp_path / "again"), "--minutes", "1", "--resume"]) == 2
+    assert "cannot --resume" in capsys.readouterr().err

@@ -240,18 +240,19 @@ def test_a_step_plan_fills_its_seconds_from_the_measured_step_time():
     clock.now = 5.0  # a compile in the first step: not counted as the rate
     for done in range(1, 36):
         clock.now += 1.0
-        steps = plan.steps(done, steps)
-        if done < 35:
-            assert steps == 1000  # re-planned only every 25 steps after the first 10
+        if plan.due(done):
+            assert done == 35  # re-planned every 25 steps after the first 10
+            steps = plan.steps(done)
     # At 35 steps, 40 s have passed; 60 s are left at 1 s a step.
     assert clock.now == 40.0 and steps == 35 + 60
     for done in range(36, 61):  # the machine slows to 2 s a step
         clock.now += 2.0
-        steps = plan.steps(done, steps)
+        if plan.due(done):
+            steps = plan.steps(done)
     # 90 s gone at 60 steps, (90 - 15) s / 50 steps since step 10: 1.5 s a step, 10 s left.
     assert steps == 60 + 6
     clock.now = 200.0  # past the limit: the run ends at the step it is on
-    assert plan.steps(85, steps) == 85
+    assert plan.due(85) and plan.steps(85) == 85
     with pytest.raises(ValueError, match="time limit must be > 0"):
         StepPlan(0.0)
 

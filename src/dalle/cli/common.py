@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dalle.train.train_config import PRECISIONS
+
 C = TypeVar("C")
 
 MAX_SEED = 2**32 - 1  # as in the HTTP API; torch generators overflow past 2**64 - 1
@@ -88,6 +90,15 @@ def add_checkpoint_args(p: argparse.ArgumentParser, minutes: bool = False) -> No
         "--resume",
         action="store_true",
         help="continue RUN from its newest checkpoint, exactly (same arguments as the first run)",
+    )
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of a training command (the recipe's ``precision``)."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from dalle.cli.common import (
     MAX_TEXT_LEN,
     add_checkpoint_args,
+    add_precision_arg,
     int_up_to,
     positive_float,
     positive_int,
@@ -54,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="caption tokens (default: the preset's; longer captions are cut with a warning)",
     )
     t.add_argument("--steps", type=positive_int)
+    t.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="train for this long: --steps is only the first plan, re-planned from the "
+        "run's measured step time so the schedule ends on time (no --resume)",
+    )
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--caption-dropout", type=float, help="probability of training unconditioned")
@@ -78,11 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="muon (default; adamw with --shard): Muon for the blocks' weight matrices, AdamW "
         "for the rest; or adamw for every parameter",
     )
-    t.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        help="fp32 (default), bf16 autocast, or fp16 autocast with a gradient scaler (CUDA)",
-    )
+    add_precision_arg(t)
     t.add_argument(
         "--compile",
         action="store_true",
@@ -168,6 +171,8 @@ def run_train(args: argparse.Namespace) -> int:
         "optimizer": args.optimizer or ("adamw" if args.shard else None),
     }
     train_cfg = with_overrides(TransformerTrainConfig(), overrides)  # checked before encoding
+    if args.minutes is not None and args.resume:
+        raise ValueError("--minutes re-plans the step count, so its run cannot --resume")
     model_cfg = preset(TRANSFORMER_PRESETS, args.preset, "transformer")
     if args.text_len is not None:
         model_cfg = dataclasses.replace(model_cfg, text_len=args.text_len)
@@ -180,6 +185,8 @@ def run_train(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = run_config(args, device)
+    if args.minutes is not None:
+        run = dataclasses.replace(run, seconds=60 * args.minutes)
     trained = train_transformer(tokens, vae, args.out, train_cfg, model_cfg, tokenizer, run)
     if distributed.is_main():
         print(json.dumps(trained.metrics))

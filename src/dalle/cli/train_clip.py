@@ -9,6 +9,7 @@ from pathlib import Path
 from dalle.cli.common import (
     MAX_TEXT_LEN,
     add_checkpoint_args,
+    add_precision_arg,
     int_up_to,
     positive_float,
     positive_int,
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
+    add_precision_arg(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--save-every", type=positive_int, default=500, help="steps between saves")
     add_checkpoint_args(p)
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             f"--preset {args.preset} reads {model_cfg.image_size} px images but {args.model} "
             f"draws {pipe.vae.cfg.image_size} px"
         )
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                 "precision": args.precision}  # fmt: skip
     train_cfg = with_overrides(CLIPTrainConfig(seed=args.seed), overrides)
     data = open_data(args.data, num=4000, seed=args.seed)  # shapes: 4 000 captions to learn
     tokenizer = load_tokenizer(args, data)

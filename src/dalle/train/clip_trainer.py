@@ -129,7 +129,7 @@ def train_clip(
 
     model = replace(model or CLIP_PRESETS["tiny"], text_vocab=tokenizer.vocab_size)
     settings = {"model": to_dict(model), "train": to_dict(cfg), "data": data.describe()}
-    out = start_run(Path(out), settings, run.resume, run.force)
+    out = start_run(Path(out), settings, run.resume, run.force, {"train": CLIPTrainConfig})
     torch.manual_seed(cfg.seed)
     clip = CLIP(model).to(run.device)
 

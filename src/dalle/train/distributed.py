@@ -100,6 +100,15 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return int(t) == 0
 
 
+def fewest(n: int, device: torch.device) -> int:
+    """The smallest of every rank's ``n`` (so the ranks agree on a re-planned step count)."""
+    if world_size() == 1:
+        return n
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if world_size() > 1:

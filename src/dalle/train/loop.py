@@ -134,14 +134,16 @@ class StepPlan:
         self.start = self.mark = clock()
         self.marked = 0  # the step count at ``mark``
 
-    def steps(self, done: int, planned: int) -> int:
-        """The run's step count after ``done`` steps of a plan of ``planned``."""
-        now = self.clock()
+    def due(self, done: int) -> bool:
+        """Whether to re-plan after ``done`` steps (the same steps on every rank)."""
         if done <= self.skip:
-            self.mark, self.marked = now, done
-            return planned
-        if (done - self.skip) % self.every:
-            return planned
+            self.mark, self.marked = self.clock(), done
+            return False
+        return (done - self.skip) % self.every == 0
+
+    def steps(self, done: int) -> int:
+        """The run's step count, planned after ``done`` steps: at least ``done``."""
+        now = self.clock()
         left = self.seconds - (now - self.start)
         per_step = (now - self.mark) / (done - self.marked)
         return done + max(0, int(left / per_step))
@@ -224,8 +226,8 @@ class Trainer:
                     lr, loss, metrics = self.step(self.done, desc)
                     self.done += 1
                     bar.update()
-                    if plan is not None:
-                        self.steps = plan.steps(self.done, self.steps)
+                    if plan is not None and plan.due(self.done):
+                        self.steps = distributed.fewest(plan.steps(self.done), self.device)
                         bar.total = self.steps
                     if self.done % cfg.log_every == 0 or self.done == self.steps:
                         self.log(log, bar, step_offset, lr, loss, metrics, t0)

@@ -314,9 +314,11 @@ class CLIPTrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     seed: int = 0
+    precision: str = "fp32"  # or bf16 (autocast), fp16 (autocast + gradient scaler, CUDA)
 
     def __post_init__(self) -> None:
         _check_recipe(self.steps, self.batch_size, self.lr, min_batch=2)
+        self.optim()  # the precision is checked there
 
     def optim(self) -> OptimConfig:
-        return _optim(self, betas=(0.9, 0.98))
+        return _optim(self, betas=(0.9, 0.98), precision=self.precision)
