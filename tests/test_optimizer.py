@@ -66,8 +66,12 @@ def test_muon_adamw_steps_as_each_torch_optimizer_alone():
         _loss(reference).backward()
         muon.step()
         adamw.step()
+    muon_owned = {id(p) for p in matrices}
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(p, q, msg=name)
+        if id(q) in muon_owned:  # GroupedMuon's batched iteration: the same bits as Muon's
+            assert torch.equal(p, q), name
+        else:  # fused AdamW against the reference's loop over tensors
+            torch.testing.assert_close(p, q, msg=name)
     assert not torch.equal(model.transformer.layers[0].mlp.fc.weight, _model().transformer.layers[0].mlp.fc.weight)
 
 
