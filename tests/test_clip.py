@@ -23,6 +23,7 @@ from dalle.pipeline import DallePipeline
 from dalle.sampler import Sampler
 from dalle.tokenizer import Tokenizer
 from dalle.train.clip_trainer import clip_loss
+from dalle.train.train_config import CLIPTrainConfig
 
 TINY = CLIPConfig(
     text_vocab=300, text_len=8, text_dim=32, text_depth=1, text_heads=2,
@@ -290,3 +291,27 @@ def test_train_clip_resumes_exactly(tmp_path):
     weights.unlink()
     assert main([*argv, "--resume"]) == 0
     assert weights.read_bytes() == final
+
+
+def test_train_clip_in_bf16_records_and_resumes_its_precision(tmp_path, capsys):
+    """`train-clip --precision bf16`: the recipe's precision reaches the loop (recorded in the
+    run's settings); resuming with another precision is refused; an old run folder whose
+    settings lack the field resumes as fp32."""
+    run = tmp_path / "run"
+    argv = ["train-clip", "--data", "shapes", "--out", str(run), "--steps", "2"]
+    argv += ["--batch-size", "4", "--checkpoint-every", "1", "--save-every", "2"]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    settings = json.loads((run / "train_config.json").read_text())
+    assert settings["train"]["precision"] == "bf16"
+    assert CLIPTrainConfig(precision="bf16").optim().precision == "bf16"
+    capsys.readouterr()
+    assert main([*argv, "--precision", "fp32", "--resume"]) == 2
+    assert "--resume needs the settings" in capsys.readouterr().err
+    old = tmp_path / "old"
+    assert main(["train-clip", "--data", "shapes", "--out", str(old), *argv[5:]]) == 0
+    recorded = json.loads((old / "train_config.json").read_text())
+    del recorded["train"]["precision"]  # written before the field existed
+    (old / "train_config.json").write_text(json.dumps(recorded))
+    assert main(["train-clip", "--data", "shapes", "--out", str(old), *argv[5:], "--resume"]) == 0
+    with pytest.raises(ValueError, match="precision must be one of"):
+        CLIPTrainConfig(precision="fp8")
