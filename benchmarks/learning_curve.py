@@ -102,6 +102,9 @@ def main() -> int:
     )
     from dalle.train.budget import bf16_pays_off
 
+    # The transformer's own draws: the demo's first sampling candidate without CLIP reranking
+    # (a snapshot has no CLIP), which is what every recorded curve drew.
+    own_draws = dataclasses.replace(SAMPLING_CANDIDATES[0], rerank=None)
     quiet = RunConfig(save_every=10**9, force=True, compile=COMPILE)
     tokenizer = train_tokenizer(ShapesData(TOKENIZER_CAPTIONS, args.seed))
     shape = {"downsample": args.vae_downsample, "vocab_size": args.vae_vocab}
@@ -132,7 +135,7 @@ def main() -> int:
     for step in snapshots:
         folder = run_dir / "snapshots" / f"step_{step:06d}"
         pipe = DallePipeline.from_pretrained(folder)
-        pipe.sampler = SAMPLING_CANDIDATES[0]
+        pipe.sampler = own_draws
         pipe.save_pretrained(folder)
         row = {"step": step, "train_s": seconds_at(run_dir / "metrics.jsonl", step)}
         row.update(score(folder, args.work / f"score_{step:06d}"))
@@ -149,7 +152,7 @@ def main() -> int:
         "transformer": to_dict(arch),
         "images": args.images,
         "vae": {**vae_report, "config": to_dict(vae.cfg)},
-        "sampling": to_dict(SAMPLING_CANDIDATES[0]),
+        "sampling": to_dict(own_draws),
         "curve": rows,
         "seconds_to_two_object_50": reached[0] if reached else None,
     }
