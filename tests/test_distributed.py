@@ -188,3 +188,16 @@ def test_sharded_run_killed_with_sigkill_resumes_bitwise(tmp_path, capsys):
     capsys.readouterr()
     assert main(args("cut", [*every, "--resume"], steps)) == 2
     assert "is sharded: resume it with --shard under torchrun" in capsys.readouterr().err
+
+
+def test_two_gloo_ranks_on_a_time_limit_agree_on_the_re_planned_steps(tmp_path):
+    """`--minutes` under torchrun: each rank measures its own step time, and the ranks take
+    the smallest plan, so their all-reduces stay paired and the run ends (a rank that planned
+    more steps than the other would wait for it forever)."""
+    import json
+
+    args = tiny_run(tmp_path)
+    done = torchrun(args("timed", ["--minutes", "0.1"], steps=100_000))
+    assert done.returncode == 0, errors(done)
+    last = json.loads((tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 35 <= last["step"] < 100_000  # re-planned, then ended
