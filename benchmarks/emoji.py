@@ -81,7 +81,7 @@ def main() -> int:
         train_transformer,
         train_vae,
     )
-    from dalle.train.budget import clip_steps_within, transformer_steps_within
+    from dalle.train.budget import clip_steps_within, timed_transformer
 
     t_start = time.perf_counter()
     budget = args.minutes * 60
@@ -123,11 +123,10 @@ def main() -> int:
     seconds = left - (CLIP_SHARE + SAMPLING_SHARE) * budget
     model_cfg = dataclasses.replace(TRANSFORMER_PRESETS["tiny"], text_len=text_len)
     train_cfg = TransformerTrainConfig(seed=args.seed)
-    probe_start = time.perf_counter()
-    steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg, model_cfg)
-    train_cfg = dataclasses.replace(train_cfg, steps=steps)
-    print(f"[3/5] transformer: {seconds:.0f} s, planned {steps} steps", flush=True)
-    timed = dataclasses.replace(run, seconds=max(1.0, seconds - (time.perf_counter() - probe_start)))
+    train_cfg, timed = timed_transformer(
+        seconds, tokens, vae, tokenizer, train_cfg, run, model_cfg
+    )
+    print(f"[3/5] transformer: {seconds:.0f} s, planned {train_cfg.steps} steps", flush=True)
     trained = train_transformer(
         tokens, vae, runs / "transformer", train_cfg, model_cfg, tokenizer, timed
     )

@@ -293,7 +293,7 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     # 18 caption tokens (the longest shapes caption is 17) + 16x16 codes of the tiny dVAE;
     # small enough to learn the shapes in minutes on 2 CPU cores (~9k tokens/s in training).
     # Full causal attention: on a CPU the sparse masks save no time (SDPA with a dense mask).
-    # Depth 3, not 4: in the demo's 6 minutes its steps are 1.35x cheaper and it drew 88.8 /
+    # Depth 3, not 4: in the demo's 6 minutes it runs 1.67x the steps and it drew 88.8 /
     # 86.8 / 77.4 % (seen / held-out / two-object) against depth 4's 70.7 / 67.1 / 45.2 % on
     # the same machine; depth 2 86.2 / 82.9 / 73.8 % (docs/results.md#learning-curves).
     "tiny": TransformerConfig(text_len=18, dim=128, depth=3, heads=4, attention=("full",) * 3),

@@ -41,7 +41,7 @@ from dalle.train import (
 from dalle.train.budget import (
     bf16_pays_off,
     clip_steps_within,
-    transformer_steps_within,
+    timed_transformer,
     vae_steps_within,
 )
 
@@ -151,11 +151,10 @@ def run_demo(out: Path, minutes: float = 9.0, seed: int = 0, force: bool = False
     train_cfg = TransformerTrainConfig(
         seed=seed, precision=precision, colour_dropout=colour_dropout
     )
-    probe_start = time.perf_counter()
-    steps = transformer_steps_within(seconds, tokens, vae, tokenizer, train_cfg, compile=COMPILE)
-    train_cfg = dataclasses.replace(train_cfg, steps=steps)
-    left = seconds - (time.perf_counter() - probe_start)
-    run = dataclasses.replace(quiet, compile=COMPILE, seconds=left if left > 0 else None)
+    run = dataclasses.replace(quiet, compile=COMPILE)
+    train_cfg, run = timed_transformer(
+        seconds, tokens, vae, tokenizer, train_cfg, run, compile=COMPILE
+    )
     trained = train_transformer(
         tokens, vae, runs / "transformer", train_cfg, tokenizer=tokenizer, run=run
     )

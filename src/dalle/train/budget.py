@@ -28,6 +28,7 @@ from dalle.train.loop import Objective, Trainer
 from dalle.train.train_config import (
     CLIPTrainConfig,
     OptimConfig,
+    RunConfig,
     TransformerTrainConfig,
     VAETrainConfig,
 )
@@ -121,6 +122,26 @@ def transformer_steps_within(
     batches = token_batches(text, tokens.codes[:256], recipe.batch_size)
     objective = DalleObjective(recipe, compile=compile)
     return steps_for_budget(DALLE(cfg), objective, batches, seconds, recipe.optim())
+
+
+def timed_transformer(
+    seconds: float,
+    tokens: TokenSet,
+    vae: DiscreteVAE,
+    tokenizer: Tokenizer,
+    recipe: TransformerTrainConfig,
+    run: RunConfig,
+    model: TransformerConfig | None = None,
+    compile: bool = False,
+) -> tuple[TransformerTrainConfig, RunConfig]:
+    """A transformer run of ``seconds``: ``recipe`` with the probe's step count
+    (:func:`transformer_steps_within`) as its first plan, and ``run`` on a time limit of what
+    the probe leaves (the loop re-plans the steps to end on time; no limit when the probe left
+    nothing, so the run takes the probe's minimum of steps)."""
+    start = time.perf_counter()
+    steps = transformer_steps_within(seconds, tokens, vae, tokenizer, recipe, model, compile)
+    left = seconds - (time.perf_counter() - start)
+    return replace(recipe, steps=steps), replace(run, seconds=left if left > 0 else None)
 
 
 def clip_steps_within(

@@ -70,8 +70,8 @@ class GroupedMuon(torch.optim.Muon):
     """``torch.optim.Muon`` (same arguments, state and update, bit for bit on the CPU:
     tests/test_optimizer.py) that orthogonalises all its matrices of one shape in one batched
     Newton-Schulz iteration instead of one matrix at a time: for the demo's transformer 4
-    shapes instead of 16 matrices, a tenth of a training step's time (0.13 s on 2 cores) saved
-    to a fortieth."""
+    shapes instead of 16 matrices, its optimizer step 15.6 -> 10.9 ms on 2 cores (of a
+    training step of about 0.13 s)."""
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
