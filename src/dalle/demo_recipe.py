@@ -56,9 +56,10 @@ MAX_ENCODE = 40_000
 CLIP_SHARE = 0.08
 # Choosing the sampling defaults and drawing the final samples (RERANK candidates per image,
 # then a draw without reranking to compare with) do the same work whatever the budget:
-# measured 9 s and 34 s (bf16 compiled demo, 570 s budget). They get FINISH_S, or in a small
-# budget (a test's) FINISH_SHARE of it.
-FINISH_S = 46.0
+# measured 6.1 s and 16.5 s with the depth-3 preset (bf16 compiled, 540 s budget, c21d0d5; the
+# depth-4 preset took 3.6 s and 35.1 s). They get FINISH_S, or in a small budget (a test's)
+# FINISH_SHARE of it; what they leave unused is lost to the transformer.
+FINISH_S = 30.0
 FINISH_SHARE = 0.085
 TOKENIZER_CAPTIONS = 4000
 # The model's sampling defaults (generation.json): the candidate whose images the shapes
