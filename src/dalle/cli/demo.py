@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train everything on the built-in shapes dataset and draw prompts (minutes on a CPU)",
         description="Train a tokenizer, a dVAE, a transformer and CLIP on the built-in "
         "captioned-shapes dataset within --minutes, then generate a fixed set of prompts, "
-        "keeping the best of 8 candidates per image by CLIP. Writes OUT/model/, "
+        "keeping the best of 4 candidates per image by CLIP. Writes OUT/model/, "
         "OUT/samples.png, OUT/report.json and the training runs in OUT/runs/.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
