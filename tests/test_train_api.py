@@ -5,6 +5,7 @@ other, and ``train/`` and ``eval/`` never import each other."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -81,6 +82,26 @@ def test_notebook_trains_all_four_stages_on_a_folder_and_generates(tmp_path):
         assert trained.metrics["step"] > 0
     saved = json.loads((runs / "dalle" / "train_config.json").read_text())
     assert saved["train"]["steps"] == 4 and saved["model"]["text_vocab"] == tokenizer.vocab_size
+
+
+def test_timed_transformer_plans_from_its_probe_and_leaves_the_rest_as_a_time_limit(tmp_path):
+    """The probe's step count is the first plan and the run's time limit is what the probe
+    left; a budget the probe used up leaves no limit (the probe's minimum of steps)."""
+    from dalle.train.budget import timed_transformer
+
+    write_folder(tmp_path / "pictures", "train", 16, seed=0, progress=False)
+    data = open_data(tmp_path / "pictures")
+    run = RunConfig(save_every=7, progress=False)
+    vae_cfg = VAETrainConfig(steps=2, batch_size=8, warmup_steps=1, kmeans_images=16)
+    vae = train_vae(data, tmp_path / "vae", vae_cfg, VAE, run).model
+    tokens = encode(vae, data, batch_size=16, progress=False)
+    tokenizer = train_tokenizer(data, TokenizerConfig(vocab_size=300))
+    recipe = TransformerTrainConfig(steps=4, batch_size=8, warmup_steps=1, lr=1e-3)
+    planned, timed = timed_transformer(30.0, tokens, vae, tokenizer, recipe, run, TRANSFORMER)
+    assert planned == dataclasses.replace(recipe, steps=planned.steps) and planned.steps > 10
+    assert timed == dataclasses.replace(run, seconds=timed.seconds) and 0 < timed.seconds < 30
+    spent, untimed = timed_transformer(0.0, tokens, vae, tokenizer, recipe, run, TRANSFORMER)
+    assert spent.steps == 10 and untimed == run and untimed.seconds is None
 
 
 def test_snapshots_keep_the_model_at_those_steps(tmp_path):

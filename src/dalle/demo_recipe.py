@@ -56,9 +56,10 @@ MAX_ENCODE = 40_000
 CLIP_SHARE = 0.08
 # Choosing the sampling defaults and drawing the final samples (RERANK candidates per image,
 # then a draw without reranking to compare with) do the same work whatever the budget:
-# with the depth-3 preset (bf16 compiled, 540 s budget) and the samples best of 8, measured
-# 6.1 + 16.5 s (c21d0d5) and 7.6 + 25.9 s (4dd138c). They get FINISH_S, or in a small budget (a test's)
-# FINISH_SHARE of it; what they leave unused is lost to the transformer.
+# with the depth-3 preset (bf16 compiled, 540 s budget) measured 6.1 + 16.5 s (c21d0d5) and
+# 7.6 + 25.9 s (4dd138c) with the samples best of 8, 10.0 + 16.5 s (2716bb4) best of 4. They
+# get FINISH_S, or in a small budget (a test's) FINISH_SHARE of it; what they leave unused is
+# lost to the transformer.
 FINISH_S = 30.0
 FINISH_SHARE = 0.085
 TOKENIZER_CAPTIONS = 4000
