@@ -74,7 +74,7 @@ def main() -> int:
                         help="pixels per code side (default: the shapes preset's 4)")  # fmt: skip
     parser.add_argument("--vae-vocab", type=int, default=None, help="dVAE codebook size")
     parser.add_argument("--dim", type=int, default=None, help="transformer width (tiny: 128)")
-    parser.add_argument("--depth", type=int, default=None, help="transformer blocks (tiny: 4)")
+    parser.add_argument("--depth", type=int, default=None, help="transformer blocks (tiny: 3)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (tiny: 4)")
     parser.add_argument("--images", type=int, default=8550, help="encoded scenes (the demo's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -121,12 +121,11 @@ def main() -> int:
     )
     changes = {"lr": args.lr, "batch_size": args.batch_size, "optimizer": args.optimizer}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    tiny = TRANSFORMER_PRESETS["tiny"]
     shape = {"dim": args.dim, "depth": args.depth, "heads": args.heads}
-    arch = dataclasses.replace(
-        TRANSFORMER_PRESETS["tiny"], **{k: v for k, v in shape.items() if v is not None}
-    )
-    if args.depth is not None:
-        arch = dataclasses.replace(arch, attention=(arch.attention[0],) * args.depth)
+    if args.depth is not None:  # one mask per block, all the preset's kind
+        shape["attention"] = (tiny.attention[0],) * args.depth
+    arch = dataclasses.replace(tiny, **{k: v for k, v in shape.items() if v is not None})
     run_dir = args.work / "transformer"
     train_transformer(tokens, vae, run_dir, cfg, arch, tokenizer=tokenizer, run=quiet,
                       snapshots=snapshots)  # fmt: skip
