@@ -262,6 +262,19 @@ def test_train_clip_eval_and_generate_rerank(pipeline_dir, tmp_path, capsys):
     assert len(lines) == 2 and lines[0]["score"] >= lines[1]["score"]
 
 
+def test_train_clip_mends_a_folder_whose_defaults_rerank_without_clip(pipeline_dir, tmp_path):
+    model = tmp_path / "model"  # e.g. a demo folder whose clip/ was deleted
+    DallePipeline.from_pretrained(pipeline_dir).save_pretrained(model)
+    (model / "generation.json").write_text(json.dumps({"rerank": 2, "cond_scale": 2.0,
+        "temperature": 0.5, "top_k": None, "top_p": None}))  # fmt: skip
+    with pytest.raises(ValueError, match="rerank needs a CLIP model"):
+        DallePipeline.from_pretrained(model)
+    argv = ["train-clip", "--data", "shapes", "--out", str(tmp_path / "run"), "--model", str(model)]
+    assert main([*argv, "--steps", "2", "--batch-size", "4"]) == 0  # the error's own advice
+    pipe = DallePipeline.from_pretrained(model)
+    assert pipe.clip is not None and pipe.sampler.rerank == 2
+
+
 def test_clip_that_does_not_fit_the_pipeline_is_refused(pipeline_dir):
     pipe = DallePipeline.from_pretrained(pipeline_dir)
     with pytest.raises(ValueError, match="CLIP expects text_vocab"):

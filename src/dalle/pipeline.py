@@ -91,9 +91,16 @@ class DallePipeline:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str = "cpu", compile: bool = False
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        compile: bool = False,
+        *,
+        read_defaults: bool = True,
     ) -> DallePipeline:
-        """Load a folder written by :meth:`save_pretrained`; ``compile`` as the field."""
+        """Load a folder written by :meth:`save_pretrained`; ``compile`` as the field. With
+        ``read_defaults=False`` its ``generation.json`` is not read (plain sampling): how
+        ``dalle train-clip --model`` opens a folder whose defaults rerank by a CLIP it lacks."""
         directory = Path(directory)
         if not directory.is_dir():
             what = "is a file" if directory.exists() else "does not exist"
@@ -111,7 +118,8 @@ class DallePipeline:
         clip = CLIP.load(directory / CLIP_DIR).to(device) if has_clip else None
         pipe = cls(tokenizer, vae, transformer, clip, read_examples(directory / EXAMPLES_FILE))
         pipe.compile = compile
-        pipe.sampler = _read_sampler(directory / GENERATION_FILE, pipe)
+        if read_defaults:
+            pipe.sampler = _read_sampler(directory / GENERATION_FILE, pipe)
         return pipe
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is not None and args.tokenizer is not None:
         raise ValueError("give --model (its tokenizer is used) or --tokenizer, not both")
-    pipe = DallePipeline.from_pretrained(args.model) if args.model is not None else None
+    pipe = None  # its defaults may rerank by the CLIP this adds: they are not read
+    if args.model is not None:
+        pipe = DallePipeline.from_pretrained(args.model, read_defaults=False)
     model_cfg = preset(CLIP_PRESETS, args.preset, "CLIP")
     text_len = args.text_len or (pipe.transformer.cfg.text_len if pipe else model_cfg.text_len)
     model_cfg = dataclasses.replace(model_cfg, text_len=text_len)
