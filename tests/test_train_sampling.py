@@ -1,5 +1,5 @@
 """Choosing a model's sampling defaults (``dalle.train.choose_sampling``): the candidate the
-judge scores best wins (ties to the earlier one), each is drawn with the same seed, and
+judge scores best wins (ties, or near ties within ``margin``, to the earlier one), each is drawn with the same seed, and
 without a judge or CLIP the model's defaults stay. The CLIP path runs in
 ``tests/test_train_api.py``, the shapes judge in the demo's test."""
 
@@ -51,6 +51,20 @@ def test_the_candidate_the_judge_scores_best_wins(pipe):
         assert [im.tobytes() for _, im in pairs] == [im.tobytes() for im in drawn]
 
 
+@pytest.mark.parametrize(
+    ("margin", "chosen"), [(0.0, 2), (0.0624, 2), (0.0625, 1), (0.1, 1), (0.125, 0), (0.2, 0)]
+)
+def test_the_earliest_candidate_within_the_margin_of_the_best_wins(pipe, margin, chosen):
+    scores = iter([0.8125, 0.875, 0.9375, 0.5])  # 13, 14, 15 and 8 of 16 images
+
+    def judge(pairs):
+        list(pairs)
+        return {"overall": next(scores)}
+
+    best, _ = choose_sampling(pipe, CAPTIONS, CANDIDATES, judge, margin=margin)
+    assert best == CANDIDATES[chosen]
+
+
 def test_without_a_judge_or_clip_the_defaults_stay(pipe):
     best, table = choose_sampling(pipe, CAPTIONS, CANDIDATES)
     assert best == pipe.sampler
@@ -66,5 +80,8 @@ def test_bad_arguments_are_one_line_errors(pipe):
     ]:
         with pytest.raises(ValueError, match=message):
             choose_sampling(pipe, *args)
+    for margin in (-0.1, float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+            choose_sampling(pipe, CAPTIONS, CANDIDATES, lambda p: {"overall": 1.0}, margin=margin)
     with pytest.raises(ValueError, match="rerank needs a CLIP model"):
         choose_sampling(pipe, CAPTIONS, [Sampler(rerank=2)], lambda p: {"overall": 1.0})

@@ -34,12 +34,15 @@ def choose_sampling(
     num_images: int = 1,
     seed: int = 0,
     batch_size: int = 16,
+    margin: float = 0.0,
 ) -> tuple[Sampler, list[dict]]:
     """The best of ``candidates`` for ``pipe`` on ``captions``, and the table: one row per
     candidate with its fields, ``metric`` (``"judge"``: the fraction of images the judge
     passes; ``"clip"``: the mean CLIP cosine similarity; ``None``: not scored), ``score`` and
-    ``seconds``. Each candidate draws ``num_images`` images per caption with ``seed``; ties go
-    to the earlier candidate. Without a judge and without CLIP, returns ``pipe.sampler``
+    ``seconds``. Each candidate draws ``num_images`` images per caption with ``seed``. The
+    earliest candidate within ``margin`` of the best score wins (0: the best, ties to the
+    earlier one), so a list in order of preference keeps its first unless another beats it by
+    more than the noise of a small tuning set. Without a judge and without CLIP, returns ``pipe.sampler``
     unscored (nothing is generated). Leaves ``pipe.sampler`` unchanged."""
     captions, candidates = list(captions), list(candidates)
     if not captions:
@@ -49,6 +52,8 @@ def choose_sampling(
     for c in candidates:
         if not isinstance(c, Sampler):
             raise ValueError(f"expected Sampler candidates, got {type(c).__name__}")
+    if not (isinstance(margin, (int, float)) and 0 <= margin < float("inf")):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     metric = "judge" if judge is not None else "clip" if pipe.clip is not None else None
     if metric is None:
         rows = [{**to_dict(c), "metric": None, "score": None, "seconds": 0.0} for c in candidates]
@@ -60,7 +65,8 @@ def choose_sampling(
         score = _judged(out, judge) if judge is not None else _clip_score(pipe, out)
         seconds = round(time.perf_counter() - start, 2)
         rows.append({**to_dict(c), "metric": metric, "score": score, "seconds": seconds})
-    best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+    top = max(row["score"] for row in rows)
+    best = next(i for i, row in enumerate(rows) if row["score"] >= top - margin)
     return candidates[best], rows
 
 
