@@ -33,6 +33,23 @@ from common import REPO, RESULTS, header, write_json
 from rerank_scorers import log_likelihood
 
 
+def seen_emoji(work: Path, prompts: int, seed: int) -> tuple[list[str], dict, list[str], torch.Tensor]:
+    """The training folder of an ``emoji.py`` run: its stems (sorted), their captions, the seen
+    stems ``emoji.py`` draws with ``seed`` (base emoji without a skin tone) and every picture
+    ``(N, 3, S, S)`` in stem order. A ``ValueError`` when the folder holds none."""
+    from dalle.images import image_to_tensor, load_image
+
+    train_dir = work / "emoji_train"
+    stems = sorted(p.stem for p in train_dir.glob("*.txt"))
+    if not stems:
+        raise ValueError(f"{train_dir} holds no pictures: run benchmarks/emoji.py --work {work}")
+    captions = {s: (train_dir / f"{s}.txt").read_text().strip() for s in stems}
+    base = [s for s in stems if "-1f3f" not in s]
+    seen = random.Random(seed).sample(base, min(prompts, len(base)))  # as emoji.py
+    pictures = torch.stack([image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems])
+    return stems, captions, seen, pictures
+
+
 def top1(scores: torch.Tensor) -> float:
     """``(P, 1 + others)`` scores, the own picture in column 0: how often it scores highest."""
     return float((scores[:, 1:] < scores[:, :1]).all(dim=1).double().mean())
@@ -48,18 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dalle.eval.nearest import own_rank, top_k
-    from dalle.images import image_to_tensor, load_image
     from dalle.pipeline import DallePipeline
 
-    train_dir = args.work / "emoji_train"
+    try:
+        stems, captions, seen, pictures = seen_emoji(args.work, args.prompts, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     pipe = DallePipeline.from_pretrained(args.work / "model", read_defaults=False)
-    stems = sorted(p.stem for p in train_dir.glob("*.txt"))
-    if not stems:
-        parser.error(f"{train_dir} holds no pictures: run benchmarks/emoji.py --work {args.work}")
-    captions = {s: (train_dir / f"{s}.txt").read_text().strip() for s in stems}
-    base = [s for s in stems if "-1f3f" not in s]
-    seen = random.Random(args.seed).sample(base, min(args.prompts, len(base)))  # as emoji.py
-    pictures = torch.stack([image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems])
     index = {s: i for i, s in enumerate(stems)}
     start = time.perf_counter()
 
@@ -108,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1),
     }
     write_json(args.json, report)
-    print(f"wrote {args.json}")
     return 0
 
 

@@ -11,7 +11,6 @@ skin tone) with each setting and ranks every image's own emoji among all trainin
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
@@ -36,18 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dalle.eval.nearest import own_rank, top_k
-    from dalle.images import image_to_tensor, load_image
+    from dalle.images import image_to_tensor
     from dalle.pipeline import DallePipeline
+    from emoji_diagnosis import seen_emoji
 
-    train_dir = args.work / "emoji_train"
-    stems = sorted(p.stem for p in train_dir.glob("*.txt"))
-    if not stems:
-        parser.error(f"{train_dir} holds no pictures: run benchmarks/emoji.py --work {args.work}")
+    try:
+        stems, captions, seen, pictures = seen_emoji(args.work, args.prompts, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     pipe = DallePipeline.from_pretrained(args.work / "model")
-    captions = {s: (train_dir / f"{s}.txt").read_text().strip() for s in stems}
-    base = [s for s in stems if "-1f3f" not in s]
-    seen = random.Random(args.seed).sample(base, min(args.prompts, len(base)))  # as emoji.py
-    pictures = torch.stack([image_to_tensor(load_image(train_dir / f"{s}.png")) for s in stems])
     index = {s: i for i, s in enumerate(stems)}
     targets = [index[s] for s in seen for _ in range(args.samples)]
     rows = {}
@@ -67,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
               f"median rank {r['median_rank']}  {r['seconds']} s", flush=True)  # fmt: skip
     write_json(args.json, {**header("emoji_rerank"), "work": str(args.work),
                            "prompts": len(seen), "samples": args.samples, "settings": rows})  # fmt: skip
-    print(f"wrote {args.json}")
     return 0
 
 

@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         "candidates_right": candidates,
     }
     write_json(args.json, report)
-    print(f"wrote {args.json}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Choosing a model's sampling defaults (``dalle.train.choose_sampling``): the candidate the
-judge scores best wins (ties, or near ties within ``margin``, to the earlier one), each is drawn with the same seed, and
-without a judge or CLIP the model's defaults stay. The CLIP path runs in
+judge scores best wins (ties, or near ties within ``margin``, to the earlier one), each is
+drawn with the same seed, and without a judge or CLIP the model's defaults stay. The CLIP path runs in
 ``tests/test_train_api.py``, the shapes judge in the demo's test."""
 
 from __future__ import annotations

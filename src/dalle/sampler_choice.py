@@ -42,8 +42,8 @@ def choose_sampling(
     ``seconds``. Each candidate draws ``num_images`` images per caption with ``seed``. The
     earliest candidate within ``margin`` of the best score wins (0: the best, ties to the
     earlier one), so a list in order of preference keeps its first unless another beats it by
-    more than the noise of a small tuning set. Without a judge and without CLIP, returns ``pipe.sampler``
-    unscored (nothing is generated). Leaves ``pipe.sampler`` unchanged."""
+    more than the noise of a small tuning set. Without a judge and without CLIP, returns
+    ``pipe.sampler`` unscored (nothing is generated). Leaves ``pipe.sampler`` unchanged."""
     captions, candidates = list(captions), list(candidates)
     if not captions:
         raise ValueError("expected at least one caption to choose sampling settings on")
