@@ -22,7 +22,7 @@ torch.set_num_threads(2)
 
 
 @torch.no_grad()
-def particle_codes(s, model, text, P, every_rows, keep_frac, gen, score_kind="pmi", final="pmi"):
+def particle_codes(s, model, text, P, every_rows, keep_frac, gen, score_kind="pmi"):
     cfg = model.cfg
     b, n, grid = text.shape[0], cfg.image_len, cfg.image_grid
     t = text.repeat_interleave(P, 0)
@@ -94,4 +94,5 @@ def main():
         print(cfgd, f"top1 {100*top_k(ranks,1):.1f} top5 {100*top_k(ranks,5):.1f} median {sorted(ranks)[len(ranks)//2]} {time.perf_counter()-st:.0f}s", flush=True)
 
 
-main()
+if __name__ == "__main__":
+    main()
